@@ -1,0 +1,119 @@
+"""The Starlette application: thin HTTP glue around the session engine and publisher.
+
+Everything the app talks to is passed in (``create_app(settings, store)``), so
+the same app serves under uvicorn, the Lambda streaming runtime and Mangum.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.hub import ChannelHub
+from gateway.publisher import Publisher
+from gateway.session import SessionTiming, event_stream
+from gateway.settings import Settings
+from gateway.store import EventLog
+from gateway.validation import check_channel, events_from_body, parse_json_body
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def error_response(status_code: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
+
+
+async def read_capped_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing to read more than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def create_app(settings: Settings, store: EventLog) -> Starlette:
+    hub = ChannelHub(
+        store,
+        poll_min_seconds=settings.poll_min_seconds,
+        poll_max_seconds=settings.poll_max_seconds,
+        buffer_events=settings.feed_buffer_events,
+    )
+    publisher = Publisher(store, settings, hub)
+
+    async def subscribe(request: Request) -> Response:
+        channel = check_channel(request.path_params["channel"])
+        last_event_id = request.headers.get("last-event-id") or request.query_params.get(
+            "last_event_id"
+        )
+        timing = SessionTiming(
+            deadline=time.monotonic() + settings.max_session_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            retry_ms=settings.retry_ms,
+        )
+        stream = event_stream(channel, last_event_id or None, store=store, hub=hub, timing=timing)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
+
+    async def publish(request: Request) -> Response:
+        channel = check_channel(request.path_params["channel"])
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+        body = parse_json_body(await read_capped_body(request, settings.max_request_bytes))
+        events = events_from_body(
+            body,
+            max_event_bytes=settings.max_event_bytes,
+            max_batch_events=settings.max_batch_events,
+        )
+        stored = await publisher.append(channel, events)
+        return JSONResponse({"ids": [event.event_id for event in stored]}, status_code=201)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def demo(request: Request) -> Response:
+        return HTMLResponse(files("gateway").joinpath("static/demo.html").read_text())
+
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc.status_code, exc.code, exc.message)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        yield {}
+        hub.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/channels/{channel}/events", subscribe, methods=["GET"]),
+        Route("/channels/{channel}/events", publish, methods=["POST"]),
+    ]
+    if settings.demo_page:
+        routes.append(Route("/", demo, methods=["GET"]))
+    app = Starlette(
+        routes=routes,
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    app.state.publisher = publisher
+    return app

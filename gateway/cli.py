@@ -1,0 +1,127 @@
+"""``sse-gateway``: run the gateway under uvicorn.
+
+``dev`` is the one-command local setup: an embedded DynamoDB (moto's server on
+loopback), the table, and the demo page. ``serve`` is the container entry
+point: the same app against the DynamoDB the settings name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from types import FrameType
+
+import aioboto3
+import uvicorn
+
+from gateway.app import create_app
+from gateway.dynamodb import open_dynamodb
+from gateway.errors import SettingsError
+from gateway.settings import Settings, load_settings
+from gateway.store import EventLog
+from infra.table import ensure_table
+
+logger = logging.getLogger("sse_gateway")
+
+# Open sessions are told to end at once on shutdown; a stream still open after
+# this grace period (a client that stopped reading) is cut.
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+class _Server(uvicorn.Server):
+    """Ends open SSE sessions with ``retry:`` on Ctrl-C or SIGTERM.
+
+    The signals are handled on the loop because uvicorn's own handling re-raises
+    a handled Ctrl-C once it has stopped, cutting short the client's clean close.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    session: aioboto3.Session | None = None,
+    create_table: bool = False,
+) -> None:
+    async with open_dynamodb(settings, session) as client:
+        if create_table and await ensure_table(client, settings.table_name):
+            logger.info("created table %s", settings.table_name)
+        store = EventLog(client, settings.table_name, retention_seconds=settings.retention_seconds)
+        app = create_app(settings, store)
+        config = uvicorn.Config(
+            app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
+        )
+        await _Server(config, on_exit=app.state.hub.close).serve()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sse-gateway", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser("dev", help="run locally on an embedded DynamoDB, with a demo page")
+    dev.add_argument(
+        "--dynamodb-endpoint", metavar="URL", help="use this DynamoDB instead of the embedded one"
+    )
+    serve = commands.add_parser("serve", help="serve against the configured DynamoDB")
+    for command in (dev, serve):
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"sse-gateway: {exc.message}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        asyncio.run(serve(settings, host=args.host, port=args.port))
+        return 0
+
+    from infra.local import embedded_dynamodb, local_session
+
+    dynamodb: AbstractContextManager[str] = (
+        nullcontext(args.dynamodb_endpoint) if args.dynamodb_endpoint else embedded_dynamodb()
+    )
+    with dynamodb as endpoint:
+        logger.info("DynamoDB at %s, table %s", endpoint, settings.table_name)
+        settings = settings.model_copy(
+            update={"dynamodb_endpoint_url": endpoint, "demo_page": True}
+        )
+        asyncio.run(
+            serve(
+                settings,
+                host=args.host,
+                port=args.port,
+                session=local_session(),
+                create_table=True,
+            )
+        )
+    return 0

@@ -1,0 +1,53 @@
+"""The package's exceptions: one base, a few kinds a caller can act on.
+
+Each carries the HTTP status and the machine-readable code the API answers
+with, so the HTTP layer translates errors without a lookup table of its own.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class SettingsError(GatewayError):
+    code = "invalid_settings"
+
+
+class InvalidInput(GatewayError):
+    """The request (or the Python API call) is malformed; nothing was written."""
+
+    status_code = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidInput):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidInput):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class StoreUnavailable(GatewayError):
+    """DynamoDB could not be reached or kept throttling after retries: try again later."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+
+class StoreMisconfigured(GatewayError):
+    """The table is missing or access is denied: an operator must fix the deployment."""
+
+    status_code = 500
+    code = "store_misconfigured"

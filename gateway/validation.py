@@ -1,0 +1,106 @@
+"""What a publish or subscribe request may contain: pure checks, no I/O.
+
+Names use a small ASCII grammar so that a channel or event name can never
+carry a line break into a frame or a header, and the reserved ``reset``
+event type stays the gateway's own: a publisher must not be able to forge
+the signal that tells clients their position was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from gateway.errors import InvalidInput, PayloadTooLarge
+from gateway.store import NewEvent
+
+CHANNEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+RESERVED_EVENT_NAMES = frozenset({"reset"})
+
+_CHANNEL = re.compile(CHANNEL_PATTERN)
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    event: str | None = Field(None, pattern=EVENT_NAME_PATTERN)
+    data: JsonValue
+
+
+def check_channel(name: str) -> str:
+    if not _CHANNEL.fullmatch(name):
+        raise InvalidInput(
+            f"channel name {name[:140]!r} is invalid: use 1-128 characters of A-Z a-z 0-9 _ - . :",
+            code="invalid_channel",
+        )
+    return name
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no NaN or Infinity, nesting bounded by the parser."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("request body is not valid UTF-8", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise InvalidInput("request body is nested too deeply", code="invalid_json") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def events_from_body(
+    body: Any, *, max_event_bytes: int, max_batch_events: int
+) -> list[NewEvent]:
+    """``{"event": ..., "data": ...}`` or ``{"events": [...]}`` into events to append."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput("request body must be a JSON object", code="invalid_body")
+    if "events" in body:
+        if set(body) != {"events"}:
+            raise InvalidInput(
+                'a batch body has only the key "events"', code="invalid_body"
+            )
+        items = body["events"]
+        if not isinstance(items, list) or not items:
+            raise InvalidInput('"events" must be a non-empty array', code="invalid_body")
+        return new_events(items, max_event_bytes=max_event_bytes, max_batch_events=max_batch_events)
+    return new_events([body], max_event_bytes=max_event_bytes, max_batch_events=max_batch_events)
+
+
+def new_events(
+    items: Sequence[Any], *, max_event_bytes: int, max_batch_events: int
+) -> list[NewEvent]:
+    """Validate every item before any is written: a rejected batch writes nothing."""
+    if len(items) > max_batch_events:
+        raise InvalidInput(
+            f"a batch holds at most {max_batch_events} events, got {len(items)}",
+            code="batch_too_large",
+        )
+    events = []
+    for index, item in enumerate(items):
+        where = f"events[{index}]" if len(items) > 1 else "event"
+        try:
+            parsed = EventIn.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "body"
+            raise InvalidInput(f"{where}.{field}: {first['msg']}", code="invalid_event") from exc
+        if parsed.event in RESERVED_EVENT_NAMES:
+            raise InvalidInput(
+                f"{where}.event: {parsed.event!r} is reserved by the gateway", code="invalid_event"
+            )
+        data = json.dumps(parsed.data, ensure_ascii=False, separators=(",", ":"))
+        if len(data.encode()) > max_event_bytes:
+            raise PayloadTooLarge(
+                f"{where}.data is {len(data.encode())} bytes as JSON; the limit is {max_event_bytes}"
+            )
+        events.append(NewEvent(data=data, event=parsed.event))
+    return events

@@ -1,0 +1,1 @@
+"""Table definition and local provisioning for the gateway's DynamoDB event log."""
