@@ -30,7 +30,7 @@ logger = logging.getLogger("sse_gateway")
 
 # Open sessions are told to end at once on shutdown; a stream still open after
 # this grace period (a client that stopped reading) is cut.
-SHUTDOWN_GRACE_SECONDS = 2.0
+SHUTDOWN_GRACE_SECONDS = 2
 
 
 class _Server(uvicorn.Server):

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import aioboto3
-from botocore.config import Config
+from aiobotocore.config import AioConfig
 
 from gateway.settings import Settings
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 async def open_dynamodb(
     settings: Settings, session: aioboto3.Session | None = None
 ) -> AsyncIterator[DynamoDBClient]:
-    config = Config(
+    config = AioConfig(
         retries={"mode": "standard", "max_attempts": settings.dynamodb_max_attempts},
         connect_timeout=settings.dynamodb_timeout_seconds,
         read_timeout=settings.dynamodb_timeout_seconds,

@@ -74,10 +74,10 @@ class ChannelFeed:
     def wake(self) -> None:
         self._wake.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Until new events are buffered, the feed fails, or ``timeout`` passes."""
+    async def wait(self, at_most: float) -> None:
+        """Until new events are buffered, the feed fails, or ``at_most`` seconds pass."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await asyncio.wait_for(self._changed.wait(), at_most)
 
     def _publish(self) -> None:
         self._changed.set()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import aioboto3
 from pydantic import JsonValue
 
 from gateway.dynamodb import open_dynamodb
@@ -38,9 +39,7 @@ class Publisher:
         (event_id,) = await self.publish_many(channel, [item])
         return event_id
 
-    async def publish_many(
-        self, channel: str, events: Sequence[Mapping[str, Any]]
-    ) -> list[str]:
+    async def publish_many(self, channel: str, events: Sequence[Mapping[str, Any]]) -> list[str]:
         """Append ``[{"data": ..., "event": ...}, ...]`` as consecutive ids, all or nothing."""
         check_channel(channel)
         checked = new_events(
@@ -59,7 +58,9 @@ class Publisher:
 
 
 @asynccontextmanager
-async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
-    async with open_dynamodb(settings) as client:
+async def open_publisher(
+    settings: Settings, session: aioboto3.Session | None = None
+) -> AsyncIterator[Publisher]:
+    async with open_dynamodb(settings, session) as client:
         store = EventLog(client, settings.table_name, retention_seconds=settings.retention_seconds)
         yield Publisher(store, settings)

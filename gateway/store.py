@@ -260,7 +260,7 @@ class EventLog:
 
     async def _write(self, items: list[dict[str, Any]]) -> None:
         """Conditionally put ``items``; raise ``_SlotTaken`` naming the highest occupied slot."""
-        condition = {
+        condition: Any = {
             "ConditionExpression": "attribute_not_exists(#s)",
             "ExpressionAttributeNames": {"#s": SORT_KEY},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -271,12 +271,11 @@ class EventLog:
                 if len(items) == 1:
                     await self._client.put_item(TableName=self._table, Item=items[0], **condition)
                 else:
-                    await self._client.transact_write_items(
-                        TransactItems=[
-                            {"Put": {"TableName": self._table, "Item": item, **condition}}
-                            for item in items
-                        ]
-                    )
+                    puts: Any = [
+                        {"Put": {"TableName": self._table, "Item": item, **condition}}
+                        for item in items
+                    ]
+                    await self._client.transact_write_items(TransactItems=puts)
             except ClientError as exc:
                 taken = _taken_slot(exc, items)
                 if taken is None:

@@ -57,17 +57,13 @@ def parse_json_body(raw: bytes) -> Any:
         raise InvalidInput(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
-def events_from_body(
-    body: Any, *, max_event_bytes: int, max_batch_events: int
-) -> list[NewEvent]:
+def events_from_body(body: Any, *, max_event_bytes: int, max_batch_events: int) -> list[NewEvent]:
     """``{"event": ..., "data": ...}`` or ``{"events": [...]}`` into events to append."""
     if not isinstance(body, Mapping):
         raise InvalidInput("request body must be a JSON object", code="invalid_body")
     if "events" in body:
         if set(body) != {"events"}:
-            raise InvalidInput(
-                'a batch body has only the key "events"', code="invalid_body"
-            )
+            raise InvalidInput('a batch body has only the key "events"', code="invalid_body")
         items = body["events"]
         if not isinstance(items, list) or not items:
             raise InvalidInput('"events" must be a non-empty array', code="invalid_body")
@@ -98,9 +94,10 @@ def new_events(
                 f"{where}.event: {parsed.event!r} is reserved by the gateway", code="invalid_event"
             )
         data = json.dumps(parsed.data, ensure_ascii=False, separators=(",", ":"))
-        if len(data.encode()) > max_event_bytes:
+        size = len(data.encode())
+        if size > max_event_bytes:
             raise PayloadTooLarge(
-                f"{where}.data is {len(data.encode())} bytes as JSON; the limit is {max_event_bytes}"
+                f"{where}.data is {size} bytes as JSON; the limit is {max_event_bytes}"
             )
         events.append(NewEvent(data=data, event=parsed.event))
     return events

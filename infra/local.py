@@ -12,16 +12,12 @@ from contextlib import contextmanager
 
 import aioboto3
 
-# moto accepts any credentials; these keep botocore from looking for real ones.
-LOCAL_CREDENTIALS = {
-    "aws_access_key_id": "local",
-    "aws_secret_access_key": "local",
-    "region_name": "us-east-1",
-}
-
 
 def local_session() -> aioboto3.Session:
-    return aioboto3.Session(**LOCAL_CREDENTIALS)
+    """moto accepts any credentials; these keep botocore from looking for real ones."""
+    return aioboto3.Session(
+        aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1"
+    )
 
 
 @contextmanager

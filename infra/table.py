@@ -6,7 +6,6 @@ A test parses ``template.yaml`` and checks its table against ``KEY_SCHEMA``,
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from gateway.store import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
@@ -45,8 +44,9 @@ async def ensure_table(client: DynamoDBClient, table_name: str) -> bool:
         await client.create_table(**definition)
     except client.exceptions.ResourceInUseException:
         return False  # created concurrently by someone else
-    while (await client.describe_table(TableName=table_name))["Table"]["TableStatus"] != "ACTIVE":
-        await asyncio.sleep(0.2)
+    await client.get_waiter("table_exists").wait(
+        TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
     await client.update_time_to_live(
         TableName=table_name,
         TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},

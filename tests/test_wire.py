@@ -55,9 +55,7 @@ def test_encode_id_frame_sets_last_event_id_without_an_event() -> None:
     assert parser.last_event_id == "ab12cd34-9"
 
 
-_names = st.text(
-    st.characters(codec="utf-8", exclude_characters="\r\n\x00"), min_size=1
-)
+_names = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\x00"), min_size=1)
 
 
 @given(data=st.text(), event=st.none() | _names, id=st.none() | _names)

@@ -1,0 +1,159 @@
+"""Real servers on real ports for the tests: the gateway under uvicorn in a thread
+of its own (with its own event loop), and a TCP proxy in front of DynamoDB that
+can drop responses or refuse connections, to inject faults without mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.dynamodb import open_dynamodb
+from gateway.settings import Settings
+from gateway.store import EventLog
+from infra.local import local_session
+from infra.table import ensure_table
+
+
+class GatewayServer:
+    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = ""
+        self.store: EventLog | None = None
+        self.app: Any = None
+        self._server: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GatewayServer:
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("gateway server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._server is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.app.state.hub.close)
+            self._server.should_exit = True
+        self._thread.join(15)
+
+    def call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a coroutine on the server's loop (for the Python API in-process)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(30)
+
+    @property
+    def hub(self) -> Any:
+        return self.app.state.hub
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        async with open_dynamodb(self.settings, local_session()) as client:
+            await ensure_table(client, self.settings.table_name)
+            self.store = EventLog(
+                client, self.settings.table_name, retention_seconds=self.settings.retention_seconds
+            )
+            self.app = create_app(self.settings, self.store)
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            config = uvicorn.Config(
+                self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on"
+            )
+            self._server = uvicorn.Server(config)
+            serving = asyncio.create_task(self._server.serve(sockets=[sock]))
+            while not self._server.started and not serving.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            self._ready.set()
+            await serving
+
+
+class FaultProxy:
+    """A TCP proxy to DynamoDB. moto answers ``Connection: close``, so each
+    connection carries one request, which makes per-request faults simple."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self._upstream = (host, int(port))
+        self.refuse = False
+        self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
+        self.seen: list[str] = []
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._server is not None
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._thread.join(10)
+
+    def drop_response_once(self, operation: str) -> None:
+        """The next ``operation`` reaches DynamoDB, but its answer is lost on the way back."""
+        self._drop_next.append(operation)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._ready.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._server.serve_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.refuse:
+                return
+            head = await reader.readuntil(b"\r\n\r\n")
+            headers = head.decode("latin-1").lower()
+            length = 0
+            target = ""
+            for line in headers.split("\r\n"):
+                if line.startswith("content-length:"):
+                    length = int(line.split(":", 1)[1])
+                if line.startswith("x-amz-target:"):
+                    target = line.split(".", 1)[-1].strip()
+            body = await reader.readexactly(length)
+            self.seen.append(target)
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+            up_writer.write(head + body)
+            await up_writer.drain()
+            response = await up_reader.read()  # moto closes after answering
+            up_writer.close()
+            if target in self._drop_next:
+                self._drop_next.remove(target)
+                return
+            writer.write(response)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,290 @@
+"""The HTTP API and session engine through a real uvicorn server over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.cursor import parse_event_id
+from tests.eventstream import read_session
+from tests.servers import FaultProxy, GatewayServer
+
+StartGateway = Callable[..., GatewayServer]
+
+
+async def _publish(
+    http: httpx.AsyncClient, server: GatewayServer, channel: str, body: Any
+) -> list[str]:
+    response = await http.post(f"{server.url}/channels/{channel}/events", json=body)
+    assert response.status_code == 201, response.text
+    ids: list[str] = response.json()["ids"]
+    return ids
+
+
+async def test_healthz_answers_ok(gateway: StartGateway, http: httpx.AsyncClient) -> None:
+    server = gateway()
+    response = await http.get(f"{server.url}/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+async def test_unknown_route_answers_json_error(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway()
+    response = await http.get(f"{server.url}/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    response = await http.delete(f"{server.url}/channels/c/events")
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_publish_returns_consecutive_ids(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway()
+    (first,) = await _publish(http, server, "orders:1", {"data": {"n": 1}})
+    batch = await _publish(
+        http, server, "orders:1", {"events": [{"data": 2}, {"event": "note", "data": "x\ny"}]}
+    )
+    positions = [parse_event_id(i) for i in [first, *batch]]
+    assert [p.seq for p in positions if p] == [1, 2, 3]
+    session = await read_session(
+        http,
+        f"{server.url}/channels/orders:1/events",
+        last_event_id="0",
+        stop=lambda events: len(events) == 3,
+    )
+    assert [(e.type, json.loads(e.data), e.last_event_id) for e in session.events] == [
+        ("message", {"n": 1}, first),
+        ("message", 2, batch[0]),
+        ("note", "x\ny", batch[1]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("channel", "headers", "body", "status", "code"),
+    [
+        ("bad channel", {}, b'{"data": 1}', 400, "invalid_channel"),
+        ("c" * 129, {}, b'{"data": 1}', 400, "invalid_channel"),
+        ("c", {"content-type": "text/plain"}, b'{"data": 1}', 415, "unsupported_media_type"),
+        ("c", {}, b'{"data": ', 400, "invalid_json"),
+        ("c", {}, b'{"data": NaN}', 400, "invalid_json"),
+        ("c", {}, b"\xff\xfe", 400, "invalid_json"),
+        ("c", {}, b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+        ("c", {}, b"[1]", 400, "invalid_body"),
+        ("c", {}, b"{}", 400, "invalid_event"),
+        ("c", {}, b'{"data": 1, "extra": 2}', 400, "invalid_event"),
+        ("c", {}, b'{"event": "a\\nb", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"event": "reset", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"event": 7, "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"events": []}', 400, "invalid_body"),
+        ("c", {}, b'{"events": [{"data": 1}], "data": 2}', 400, "invalid_body"),
+        ("c", {}, b'{"events": [{"data": 1}, {"event": "x\\r"}]}', 400, "invalid_event"),
+        (
+            "c",
+            {},
+            json.dumps({"events": [{"data": i} for i in range(26)]}).encode(),
+            400,
+            "batch_too_large",
+        ),
+        ("c", {}, json.dumps({"data": "x" * 70_000}).encode(), 413, "payload_too_large"),
+        ("c", {}, b'{"data": "' + b"x" * 1_100_000 + b'"}', 413, "payload_too_large"),
+    ],
+)
+async def test_publish_rejects_bad_input_and_writes_nothing(
+    gateway: StartGateway,
+    http: httpx.AsyncClient,
+    channel: str,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    server = gateway()
+    response = await http.post(
+        f"{server.url}/channels/{channel}/events",
+        content=body,
+        headers={"content-type": "application/json", **headers},
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    (written,) = await _publish(http, server, "c", {"data": "after"})
+    assert written.endswith("-1")  # the rejected request left no event behind
+
+
+async def test_subscribe_starts_with_the_head_id_and_anti_buffering_headers(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    url = f"{server.url}/channels/c/events"
+    empty = await read_session(http, url)
+    assert empty.status == 200
+    assert empty.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert empty.headers["cache-control"] == "no-cache"
+    assert empty.headers["x-accel-buffering"] == "no"
+    assert (empty.events, empty.last_event_id, empty.retry) == ([], "0", 50)
+    ids = await _publish(http, server, "c", {"events": [{"data": 1}, {"data": 2}]})
+    fresh = await read_session(http, url)
+    assert fresh.events == []  # history before the connection is not replayed
+    assert fresh.last_event_id == ids[-1]
+
+
+async def test_subscribe_resumes_after_last_event_id_header_or_query(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    url = f"{server.url}/channels/c/events"
+    ids = await _publish(http, server, "c", {"events": [{"data": i} for i in range(5)]})
+    by_header = await read_session(http, url, last_event_id=ids[1])
+    assert [e.last_event_id for e in by_header.events] == ids[2:]
+    by_query = await read_session(http, url, params={"last_event_id": ids[3]})
+    assert [e.last_event_id for e in by_query.events] == ids[4:]
+    both = await read_session(http, url, last_event_id=ids[2], params={"last_event_id": ids[0]})
+    assert [e.last_event_id for e in both.events] == ids[3:]  # the header wins
+
+
+async def test_subscribe_delivers_live_events_and_heartbeats_then_ends_with_retry(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    # Polls 60 s apart: the event can only arrive within the session if the publish
+    # through this process wakes the tail loop.
+    server = gateway(
+        max_session_seconds=1.5, heartbeat_seconds=0.2, poll_min_seconds=60, poll_max_seconds=60
+    )
+    url = f"{server.url}/channels/live/events"
+    reading = asyncio.create_task(read_session(http, url))
+    await asyncio.sleep(0.3)
+    ids = await _publish(http, server, "live", {"data": "now"})
+    session = await reading
+    assert [e.last_event_id for e in session.events] == ids
+    assert len(session.comments) >= 2
+    assert session.retry == 50
+
+
+@pytest.mark.parametrize(
+    ("last_event_id", "reason"),
+    [("not-an-id", "invalid_last_event_id"), ("0a0a0a0a-1", "channel_restarted")],
+)
+async def test_subscribe_answers_a_lost_position_with_a_reset_event(
+    gateway: StartGateway, http: httpx.AsyncClient, last_event_id: str, reason: str
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    ids = await _publish(http, server, "c", {"events": [{"data": 1}, {"data": 2}]})
+    session = await read_session(
+        http, f"{server.url}/channels/c/events", last_event_id=last_event_id
+    )
+    reset = session.events[0]
+    assert reset.type == "reset"
+    payload = json.loads(reset.data)
+    assert payload["reason"] == reason
+    assert payload["last_event_id"] == last_event_id
+    assert reset.last_event_id == payload["continues_after"]
+    after = [e.last_event_id for e in session.events[1:]]
+    assert after == (ids if reason == "channel_restarted" else [])
+
+
+async def test_subscribe_resets_when_history_expired(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5, retention_seconds=1)
+    old = await _publish(http, server, "c", {"events": [{"data": 1}, {"data": 2}]})
+    await asyncio.sleep(2.1)
+    new = await _publish(http, server, "c", {"data": 3})
+    session = await read_session(http, f"{server.url}/channels/c/events", last_event_id=old[0])
+    assert [e.type for e in session.events] == ["reset", "message"]
+    assert json.loads(session.events[0].data) == {
+        "reason": "history_expired",
+        "last_event_id": old[0],
+        "continues_after": old[1],
+    }
+    assert session.events[1].last_event_id == new[0]
+
+
+async def test_subscribers_of_a_channel_share_one_tail_loop(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=1.5, poll_min_seconds=0.1, poll_max_seconds=0.1)
+    assert server.store is not None
+    url = f"{server.url}/channels/shared/events"
+
+    async def queries_with(subscribers: int) -> int:
+        tasks = [asyncio.create_task(read_session(http, url)) for _ in range(subscribers)]
+        await asyncio.sleep(0.5)
+        assert len(server.hub.feeds) == 1
+        assert server.hub.feeds["shared"].subscribers == subscribers
+        before = server.store.stats.queries
+        await asyncio.sleep(0.8)
+        counted = server.store.stats.queries - before
+        await asyncio.gather(*tasks)
+        return counted
+
+    one, ten = await queries_with(1), await queries_with(10)
+    # One loop per connection would cost ten times as many queries.
+    assert ten <= 2 * one + 2, (one, ten)
+
+
+async def test_client_disconnect_stops_the_tail_loop(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=60, heartbeat_seconds=60)
+    session = await read_session(
+        http, f"{server.url}/channels/c/events", stop=lambda events: True
+    )  # stop reading at the first chunk and close the connection
+    assert session.last_event_id == "0"
+    for _ in range(100):
+        if not server.hub.feeds:
+            break
+        await asyncio.sleep(0.05)
+    assert server.hub.feeds == {}
+
+
+async def test_storage_trouble_ends_sessions_with_retry_and_publish_with_503(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        dynamodb_max_attempts=1,
+        dynamodb_timeout_seconds=1,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/c/events"
+    ids = await _publish(http, server, "c", {"data": "kept"})
+    reading = asyncio.create_task(read_session(http, url, last_event_id="0"))
+    await asyncio.sleep(0.5)
+    fault_proxy.refuse = True
+    session = await asyncio.wait_for(reading, 10)
+    assert session.status == 200
+    assert [e.last_event_id for e in session.events] == ids
+    assert session.retry == 50
+    refused = await http.post(f"{url}", json={"data": "lost"})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "store_unavailable"
+    during = await read_session(http, url)
+    assert (during.status, during.events, during.retry) == (200, [], 50)
+    fault_proxy.refuse = False
+    after = await read_session(http, url, last_event_id="0", stop=lambda events: len(events) == 1)
+    assert [e.last_event_id for e in after.events] == ids
+
+
+async def test_python_api_publish_wakes_the_tail_in_process(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=3, poll_min_seconds=60, poll_max_seconds=60)
+    url = f"{server.url}/channels/py/events"
+    reading = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))
+    await asyncio.sleep(0.3)
+    publisher = server.app.state.publisher
+    event_id = await asyncio.to_thread(
+        server.call, lambda: publisher.publish("py", {"from": "python"}, event="note")
+    )
+    session = await reading
+    assert [(e.type, e.data, e.last_event_id) for e in session.events] == [
+        ("note", '{"from":"python"}', event_id)
+    ]

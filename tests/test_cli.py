@@ -1,0 +1,87 @@
+"""``sse-gateway`` as a user runs it: a real process on a real port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.eventstream import EventStreamParser
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _command(*args: str) -> list[str]:
+    # The console script installed next to this interpreter, as a user would run it.
+    return [str(Path(sys.executable).parent / "sse-gateway"), *args]
+
+
+@pytest.fixture
+def dev_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = _free_port()
+    env = {**os.environ, "SSE_GATEWAY_MAX_SESSION_SECONDS": "1", "SSE_GATEWAY_RETRY_MS": "10"}
+    process = subprocess.Popen(
+        _command("dev", "--port", str(port)), env=env, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield process, url
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
+    dev_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, url = dev_server
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200
+    assert "new EventSource" in page.text
+    published = httpx.post(f"{url}/channels/demo/events", json={"data": {"hello": "world"}})
+    assert published.status_code == 201
+    (event_id,) = published.json()["ids"]
+    parser = EventStreamParser()
+    with httpx.stream(
+        "GET", f"{url}/channels/demo/events", headers={"Last-Event-ID": "0"}, timeout=10
+    ) as response:
+        events = [event for chunk in response.iter_raw() for event in parser.feed(chunk)]
+    assert [(e.data, e.last_event_id) for e in events] == [('{"hello":"world"}', event_id)]
+    assert parser.retry == 10  # the session ended itself after 1 s
+
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "Finished server process" in stderr
+
+
+def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
+    env = {**os.environ, "SSE_GATEWAY_HEARTBEAT_SECONDS": "-3"}
+    result = subprocess.run(
+        _command("dev", "--port", str(_free_port())),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "SSE_GATEWAY_HEARTBEAT_SECONDS" in result.stderr

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import pytest
+
+from gateway import InvalidInput, PayloadTooLarge, Settings, open_publisher
+from gateway.store import EventLog
+from infra.local import local_session
+
+
+async def test_open_publisher_appends_through_the_python_api(
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+) -> None:
+    async with open_log() as log:  # creates the table
+        async with open_publisher(make_settings(), local_session()) as publisher:
+            first = await publisher.publish("jobs:7", {"progress": 10})
+            rest = await publisher.publish_many(
+                "jobs:7", [{"data": {"progress": 50}}, {"event": "done", "data": None}]
+            )
+        page = await log.read_after("jobs:7", 0)
+    assert [e.event_id for e in page.events] == [first, *rest]
+    assert [(e.event, json.loads(e.data)) for e in page.events] == [
+        (None, {"progress": 10}),
+        (None, {"progress": 50}),
+        ("done", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("channel", "events", "error"),
+    [
+        ("no spaces", [{"data": 1}], InvalidInput),
+        ("c", [{"data": 1}, {"event": "bad\nname", "data": 2}], InvalidInput),
+        ("c", [{"data": "x" * 70_000}], PayloadTooLarge),
+        ("c", [{"data": i} for i in range(26)], InvalidInput),
+        ("c", [{"event": "reset", "data": 1}], InvalidInput),
+    ],
+)
+async def test_publish_many_validates_before_writing(
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+    channel: str,
+    events: list[dict[str, object]],
+    error: type[Exception],
+) -> None:
+    async with open_log() as log:
+        async with open_publisher(make_settings(), local_session()) as publisher:
+            with pytest.raises(error):
+                await publisher.publish_many(channel, events)
+        assert (await log.head("c")).seq == 0

@@ -1,0 +1,54 @@
+import pytest
+
+from gateway.errors import SettingsError
+from gateway.settings import Settings, load_settings
+
+
+def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_TABLE_NAME", "my-events")
+    monkeypatch.setenv("SSE_GATEWAY_MAX_SESSION_SECONDS", "1.5")
+    monkeypatch.setenv("SSE_GATEWAY_RETRY_MS", "250")
+    settings = load_settings()
+    assert (settings.table_name, settings.max_session_seconds, settings.retry_ms) == (
+        "my-events",
+        1.5,
+        250,
+    )
+
+
+def test_settings_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_TABLE_NAME", "from-env")
+    assert load_settings(table_name="explicit").table_name == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SSE_GATEWAY_MAX_SESSION_SECONDS", "-1"),
+        ("SSE_GATEWAY_MAX_SESSION_SECONDS", "soon"),
+        ("SSE_GATEWAY_HEARTBEAT_SECONDS", "0"),
+        ("SSE_GATEWAY_RETRY_MS", "1.5"),
+        ("SSE_GATEWAY_MAX_BATCH_EVENTS", "101"),
+        ("SSE_GATEWAY_MAX_EVENT_BYTES", "400001"),
+    ],
+)
+def test_load_settings_names_the_invalid_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_load_settings_rejects_inverted_poll_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_POLL_MIN_SECONDS", "5")
+    monkeypatch.setenv("SSE_GATEWAY_POLL_MAX_SECONDS", "1")
+    with pytest.raises(SettingsError, match="SSE_GATEWAY_POLL_MIN_SECONDS"):
+        load_settings()
+
+
+def test_settings_defaults_are_documented_values() -> None:
+    settings = Settings()
+    assert settings.heartbeat_seconds == 15
+    assert settings.max_session_seconds == 600
+    assert settings.retention_seconds == 86_400
