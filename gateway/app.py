@@ -26,6 +26,9 @@ from gateway.settings import Settings
 from gateway.store import EventLog
 from gateway.validation import check_channel, events_from_body, parse_json_body
 
+# The key under ``scope["extensions"]`` where a host passes a hard deadline for
+# sessions, as a ``time.monotonic()`` value.
+DEADLINE_EXTENSION = "sse_gateway.deadline"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -46,7 +49,10 @@ async def read_capped_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(settings: Settings, store: EventLog) -> Starlette:
+def create_app(
+    settings: Settings, store: EventLog, *, subscribe: bool = True, publish: bool = True
+) -> Starlette:
+    """The gateway app; a Lambda function mounts only the routes it has permissions for."""
     hub = ChannelHub(
         store,
         poll_min_seconds=settings.poll_min_seconds,
@@ -55,20 +61,25 @@ def create_app(settings: Settings, store: EventLog) -> Starlette:
     )
     publisher = Publisher(store, settings, hub)
 
-    async def subscribe(request: Request) -> Response:
+    async def stream_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
         last_event_id = request.headers.get("last-event-id") or request.query_params.get(
             "last_event_id"
         )
+        deadline = time.monotonic() + settings.max_session_seconds
+        # A host with its own deadline (the Lambda runtime loop) passes it in the scope.
+        host_deadline = request.scope.get("extensions", {}).get(DEADLINE_EXTENSION)
+        if host_deadline is not None:
+            deadline = min(deadline, float(host_deadline))
         timing = SessionTiming(
-            deadline=time.monotonic() + settings.max_session_seconds,
+            deadline=deadline,
             heartbeat_seconds=settings.heartbeat_seconds,
             retry_ms=settings.retry_ms,
         )
         stream = event_stream(channel, last_event_id or None, store=store, hub=hub, timing=timing)
         return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
 
-    async def publish(request: Request) -> Response:
+    async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
@@ -102,11 +113,11 @@ def create_app(settings: Settings, store: EventLog) -> Starlette:
         yield {}
         hub.close()
 
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/channels/{channel}/events", subscribe, methods=["GET"]),
-        Route("/channels/{channel}/events", publish, methods=["POST"]),
-    ]
+    routes = [Route("/healthz", healthz, methods=["GET"])]
+    if subscribe:
+        routes.append(Route("/channels/{channel}/events", stream_events, methods=["GET"]))
+    if publish:
+        routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))
     if settings.demo_page:
         routes.append(Route("/", demo, methods=["GET"]))
     app = Starlette(

@@ -88,9 +88,10 @@ class ChannelFeed:
         while True:
             try:
                 page = await self._store.read_after(self.channel, self._scanned_to)
-            except GatewayError as exc:
-                logger.warning("tail of channel %r failed: %s", self.channel, exc.message)
-                self.failure = exc
+            except Exception as exc:
+                # Whatever stopped the tail, its sessions must end (with retry:), not hang.
+                logger.warning("tail of channel %r failed: %s", self.channel, exc)
+                self.failure = exc if isinstance(exc, GatewayError) else GatewayError(str(exc))
                 self._publish()
                 return
             if self.epoch is None and page.events:

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_048_576, ge=1, le=3_500_000)
 
     demo_page: bool = False
+    lambda_deadline_margin_seconds: float = Field(3.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _poll_bounds_ordered(self) -> Self:

@@ -1,0 +1,176 @@
+"""A client for the Lambda Runtime API, with streamed responses.
+
+Hand-written on HTTP/1.1 framing from h11 because no maintained Python client
+covers what a streaming runtime needs: a chunked request body written as the
+app produces it, and HTTP trailers to report an error after the first byte
+(``Lambda-Runtime-Function-Error-Type`` / ``-Body``). The Runtime API listens on
+a loopback address, one request per connection keeps this small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+API_VERSION = "2018-06-01"
+STREAMING_CONTENT_TYPE = "application/vnd.awslambda.http-integration-response"
+ERROR_TYPE_TRAILER = "Lambda-Runtime-Function-Error-Type"
+ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
+
+
+class RuntimeAPIError(Exception):
+    """The Runtime API answered something a runtime cannot go on from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    request_id: str
+    deadline_ms: int
+    event: Any
+
+
+def error_payload(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
+    return {
+        "errorMessage": str(exc),
+        "errorType": error_type or type(exc).__name__,
+        "stackTrace": traceback.format_exception(exc),
+    }
+
+
+class _Exchange:
+    """One HTTP/1.1 request on its own connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._connection = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def start(
+        cls, address: str, method: str, target: str, headers: list[tuple[str, str]]
+    ) -> _Exchange:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        exchange = cls(reader, writer)
+        request = h11.Request(method=method, target=target, headers=[("Host", address), *headers])
+        await exchange._send(request)
+        return exchange
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self._connection.send(event)
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def finish(
+        self, trailers: list[tuple[str, str]] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """End the request body (with ``trailers``) and read the whole response."""
+        await self._send(h11.EndOfMessage(headers=trailers or []))
+        status, headers, body = 0, {}, bytearray()
+        try:
+            while True:
+                event = self._connection.next_event()
+                if event is h11.NEED_DATA:
+                    self._connection.receive_data(await self._reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, headers, bytes(body)
+        finally:
+            self._writer.close()
+
+
+class RuntimeAPI:
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._base = f"/{API_VERSION}/runtime"
+
+    async def next_invocation(self) -> Invocation:
+        """Wait for the next invocation (a long poll: it returns when there is one)."""
+        exchange = await _Exchange.start(self._address, "GET", f"{self._base}/invocation/next", [])
+        status, headers, body = await exchange.finish()
+        if status != 200:
+            raise RuntimeAPIError(f"next invocation answered {status}: {body[:200]!r}")
+        try:
+            return Invocation(
+                request_id=headers["lambda-runtime-aws-request-id"],
+                deadline_ms=int(headers["lambda-runtime-deadline-ms"]),
+                event=json.loads(body),
+            )
+        except (KeyError, ValueError) as exc:
+            raise RuntimeAPIError(f"malformed invocation from the Runtime API: {exc}") from exc
+
+    async def start_stream(self, request_id: str, prelude: bytes) -> ResponseStream:
+        """Open the streamed response: the HTTP integration prelude goes first."""
+        exchange = await _Exchange.start(
+            self._address,
+            "POST",
+            f"{self._base}/invocation/{request_id}/response",
+            [
+                ("Lambda-Runtime-Function-Response-Mode", "streaming"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Type", STREAMING_CONTENT_TYPE),
+                ("Trailer", f"{ERROR_TYPE_TRAILER}, {ERROR_BODY_TRAILER}"),
+            ],
+        )
+        await exchange.write(prelude)
+        return ResponseStream(exchange)
+
+    async def invocation_error(self, request_id: str, exc: BaseException) -> None:
+        await self._post_error(f"/invocation/{request_id}/error", exc, None)
+
+    async def init_error(self, exc: BaseException, error_type: str) -> None:
+        await self._post_error("/init/error", exc, error_type)
+
+    async def _post_error(self, path: str, exc: BaseException, error_type: str | None) -> None:
+        payload = error_payload(exc, error_type)
+        body = json.dumps(payload).encode()
+        exchange = await _Exchange.start(
+            self._address,
+            "POST",
+            self._base + path,
+            [
+                (ERROR_TYPE_TRAILER, payload["errorType"]),
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+            ],
+        )
+        await exchange.write(body)
+        status, _, answer = await exchange.finish()
+        if status != 202:
+            raise RuntimeAPIError(f"error report answered {status}: {answer[:200]!r}")
+
+
+class ResponseStream:
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+
+    async def write(self, data: bytes) -> None:
+        await self._exchange.write(data)
+
+    async def finish(self, error: BaseException | None = None) -> None:
+        """End the response; an ``error`` after the first byte travels in the trailers."""
+        trailers = []
+        if error is not None:
+            body = json.dumps(error_payload(error, "Runtime.StreamError")).encode()
+            trailers = [
+                (ERROR_TYPE_TRAILER, "Runtime.StreamError"),
+                (ERROR_BODY_TRAILER, base64.b64encode(body).decode()),
+            ]
+        status, _, body = await self._exchange.finish(trailers)
+        if status != 202:
+            raise RuntimeAPIError(f"streamed response answered {status}: {body[:200]!r}")

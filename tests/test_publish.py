@@ -1,0 +1,89 @@
+"""The publish function through Mangum, fed function URL events from tests/events/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gateway.dynamodb import open_dynamodb
+from gateway.settings import Settings
+from handlers.publish import PublishFunction
+from infra.local import local_session
+from infra.table import ensure_table
+from tests.lambda_events import load_event
+
+
+@pytest.fixture
+def publish_function(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., PublishFunction]]:
+    """A factory of the function as Lambda runs it: configured only through its environment."""
+    settings = make_settings()
+    monkeypatch.setenv("SSE_GATEWAY_TABLE_NAME", settings.table_name)
+    monkeypatch.setenv("SSE_GATEWAY_DYNAMODB_ENDPOINT_URL", str(settings.dynamodb_endpoint_url))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    functions: list[PublishFunction] = []
+
+    def make(create_table: bool = True) -> PublishFunction:
+        if create_table:
+            asyncio.run(_create_table(settings))  # before the function opens its own loop
+        functions.append(PublishFunction())
+        return functions[-1]
+
+    yield make
+    for function in functions:
+        function.close()
+
+
+async def _create_table(settings: Settings) -> None:
+    async with open_dynamodb(settings, local_session()) as client:
+        await ensure_table(client, settings.table_name)
+
+
+def test_publish_function_appends_events_from_function_url_events(
+    publish_function: Callable[..., PublishFunction],
+) -> None:
+    function = publish_function()
+    single = function(load_event("publish_single"), None)
+    assert single["statusCode"] == 201, single
+    (first,) = json.loads(single["body"])["ids"]
+    batch = function(load_event("publish_batch_base64"), None)
+    assert batch["statusCode"] == 201, batch
+    ids = json.loads(batch["body"])["ids"]
+    assert [i.rsplit("-", 1)[1] for i in [first, *ids]] == ["1", "2", "3"]
+    assert {i.split("-")[0] for i in [first, *ids]} == {first.split("-")[0]}
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("publish_invalid_channel", 400, "invalid_channel"),
+        ("publish_wrong_content_type", 415, "unsupported_media_type"),
+        ("publish_to_subscribe_route", 405, "method_not_allowed"),
+    ],
+)
+def test_publish_function_rejects_bad_requests_with_json_errors(
+    publish_function: Callable[..., PublishFunction], name: str, status: int, code: str
+) -> None:
+    function = publish_function()
+    response = function(load_event(name), None)
+    assert response["statusCode"] == status
+    assert json.loads(response["body"])["error"]["code"] == code
+    ok = function(load_event("publish_single"), None)
+    assert json.loads(ok["body"])["ids"][0].endswith("-1")  # nothing was written before
+
+
+def test_publish_function_reports_a_missing_table_as_misconfiguration(
+    publish_function: Callable[..., PublishFunction],
+) -> None:
+    function = publish_function(create_table=False)
+    response = function(load_event("publish_single"), None)
+    assert response["statusCode"] == 500
+    error = json.loads(response["body"])["error"]
+    assert error["code"] == "store_misconfigured"
+    assert "SSE_GATEWAY_TABLE_NAME" in error["message"]
