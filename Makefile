@@ -1,0 +1,10 @@
+# Lambda packages for `sam build` (BuildMethod: makefile): the project's wheel and
+# its runtime dependencies for arm64, nothing of moto or the test tools.
+LAMBDA_PLATFORM := --platform manylinux2014_aarch64 --implementation cp --python-version 3.11 --only-binary=:all:
+
+build-SubscribeFunction build-PublishFunction:
+	rm -rf "$(ARTIFACTS_DIR)/.wheel"
+	python3 -m pip wheel --quiet --no-deps --wheel-dir "$(ARTIFACTS_DIR)/.wheel" .
+	python3 -m pip install --quiet --no-compile $(LAMBDA_PLATFORM) --target "$(ARTIFACTS_DIR)" "$(ARTIFACTS_DIR)"/.wheel/*.whl
+	rm -rf "$(ARTIFACTS_DIR)/.wheel" "$(ARTIFACTS_DIR)/bin"
+	chmod +x "$(ARTIFACTS_DIR)/handlers/bootstrap"
