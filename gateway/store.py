@@ -166,9 +166,9 @@ class EventLog:
             response = await self._client.query(
                 TableName=self._table,
                 KeyConditionExpression="#c = :c",
-                ExpressionAttributeNames={"#c": PARTITION_KEY, "#s": SORT_KEY},
+                ExpressionAttributeNames={"#c": PARTITION_KEY, "#s": SORT_KEY, "#e": "epoch"},
                 ExpressionAttributeValues={":c": {"S": channel}},
-                ProjectionExpression="#s, epoch",
+                ProjectionExpression="#s, #e",
                 ConsistentRead=True,
                 ScanIndexForward=False,
                 Limit=1,

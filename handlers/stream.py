@@ -41,7 +41,7 @@ ASGIApp = Callable[
 ]
 
 
-class _Exchange:
+class _AsgiInvocation:
     """One invocation as one ASGI HTTP request; the response streams as it is sent."""
 
     def __init__(self, runtime: RuntimeAPI, request_id: str, body: bytes) -> None:
@@ -95,20 +95,20 @@ async def handle_invocation(
     except ValueError as exc:
         await runtime.invocation_error(invocation.request_id, exc)
         return
-    exchange = _Exchange(runtime, invocation.request_id, body)
+    asgi = _AsgiInvocation(runtime, invocation.request_id, body)
     try:
-        await app(scope, exchange.receive, exchange.send)
-        if exchange.stream is None:
+        await app(scope, asgi.receive, asgi.send)
+        if asgi.stream is None:
             raise RuntimeError("the app returned without sending a response")
     except Exception as exc:
         logger.exception("invocation %s failed", invocation.request_id)
-        if exchange.stream is None:
+        if asgi.stream is None:
             await runtime.invocation_error(invocation.request_id, exc)
-        elif not exchange.finished.is_set():
-            await exchange.stream.finish(error=exc)
+        elif not asgi.finished.is_set():
+            await asgi.stream.finish(error=exc)
         return
-    if not exchange.finished.is_set():
-        await exchange.stream.finish()
+    if not asgi.finished.is_set():
+        await asgi.stream.finish()
 
 
 async def serve_invocations(runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float) -> None:
