@@ -6,6 +6,7 @@ the same app serves under uvicorn, the Lambda streaming runtime and Mangum.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +15,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.auth import Action, Authenticator, Unauthorized, bearer_token
 from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from gateway.hub import ChannelHub
 from gateway.publisher import Publisher
@@ -29,6 +33,8 @@ from gateway.validation import check_channel, events_from_body, parse_json_body
 # The key under ``scope["extensions"]`` where a host passes a hard deadline for
 # sessions, as a ``time.monotonic()`` value.
 DEADLINE_EXTENSION = "sse_gateway.deadline"
+logger = logging.getLogger(__name__)
+
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -60,9 +66,21 @@ def create_app(
         buffer_events=settings.feed_buffer_events,
     )
     publisher = Publisher(store, settings, hub)
+    authenticator = Authenticator(settings) if settings.auth_enabled else None
+    if authenticator is None:
+        logger.warning(
+            "auth is off: anyone can subscribe and publish; set SSE_GATEWAY_AUTH_SECRET "
+            "(or SSE_GATEWAY_AUTH_PUBLIC_KEY) to require JWT channel grants"
+        )
+
+    def authorize(request: Request, action: Action, channel: str) -> None:
+        if authenticator is not None:
+            token = bearer_token(request.headers, request.query_params, request.cookies)
+            authenticator.authorize(token, action, channel)
 
     async def stream_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
+        authorize(request, Action.SUBSCRIBE, channel)
         last_event_id = request.headers.get("last-event-id") or request.query_params.get(
             "last_event_id"
         )
@@ -81,6 +99,7 @@ def create_app(
 
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
+        authorize(request, Action.PUBLISH, channel)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
@@ -101,7 +120,10 @@ def create_app(
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return error_response(exc.status_code, exc.code, exc.message)
+        response = error_response(exc.status_code, exc.code, exc.message)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
+        return response
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -120,8 +142,22 @@ def create_app(
         routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))
     if settings.demo_page:
         routes.append(Route("/", demo, methods=["GET"]))
+    middleware = []
+    if settings.cors_allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_allowed_origins,
+                # Cookie auth needs credentials, which browsers refuse with a wildcard.
+                allow_credentials="*" not in settings.cors_allowed_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "last-event-id", "cache-control"],
+                max_age=86400,
+            )
+        )
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
         lifespan=lifespan,
     )

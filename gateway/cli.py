@@ -22,6 +22,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import SettingsError
+from gateway.redaction import RedactTokens
 from gateway.settings import Settings, load_settings
 from gateway.store import EventLog
 from infra.table import ensure_table
@@ -76,6 +77,7 @@ async def serve(
         config = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
         )
+        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         await _Server(config, on_exit=app.state.hub.close).serve()
 
 

@@ -36,7 +36,7 @@ def encode_reset(reason: ResetReason, continues_after: Position, requested: str 
     after ``continues_after``; its id moves the browser's last event id there."""
     data = {
         "reason": reason.value,
-        "last_event_id": requested,
+        "last_event_id": requested[:128] if requested is not None else None,
         "continues_after": continues_after.event_id,
     }
     return wire.encode_event(

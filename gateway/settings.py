@@ -7,10 +7,10 @@ fails at start with a message the operator can act on.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.errors import SettingsError
 
@@ -43,8 +43,42 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(25, ge=1, le=MAX_TRANSACTION_ITEMS)
     max_request_bytes: int = Field(1_048_576, ge=1, le=3_500_000)
 
+    auth_secret: SecretStr | None = None
+    auth_public_key: str | None = None
+    auth_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    auth_leeway_seconds: float = Field(10.0, ge=0, le=300)
+    cors_allowed_origins: Annotated[list[str], NoDecode] = []
+
     demo_page: bool = False
     lambda_deadline_margin_seconds: float = Field(3.0, ge=0, le=60)
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_secret is not None or self.auth_public_key is not None
+
+    @model_validator(mode="after")
+    def _auth_key_matches_algorithm(self) -> Self:
+        if self.auth_secret is not None and self.auth_public_key is not None:
+            raise ValueError(
+                f"set {ENV_PREFIX}AUTH_SECRET (HS256) or {ENV_PREFIX}AUTH_PUBLIC_KEY "
+                "(RS256/ES256), not both"
+            )
+        if self.auth_secret is not None and self.auth_algorithm != "HS256":
+            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET goes with {ENV_PREFIX}AUTH_ALGORITHM=HS256")
+        if self.auth_public_key is not None and self.auth_algorithm == "HS256":
+            raise ValueError(
+                f"{ENV_PREFIX}AUTH_PUBLIC_KEY needs {ENV_PREFIX}AUTH_ALGORITHM=RS256 or ES256"
+            )
+        if self.auth_secret is not None and len(self.auth_secret.get_secret_value()) < 32:
+            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET must be at least 32 characters")
+        return self
 
     @model_validator(mode="after")
     def _poll_bounds_ordered(self) -> Self:

@@ -70,6 +70,10 @@ async def test_publish_returns_consecutive_ids(
     ("channel", "headers", "body", "status", "code"),
     [
         ("bad channel", {}, b'{"data": 1}', 400, "invalid_channel"),
+        ("a%0Ab", {}, b'{"data": 1}', 400, "invalid_channel"),
+        ("a%0Db", {}, b'{"data": 1}', 400, "invalid_channel"),
+        ("a%00b", {}, b'{"data": 1}', 400, "invalid_channel"),
+        ("a%E2%80%A8b", {}, b'{"data": 1}', 400, "invalid_channel"),
         ("c" * 129, {}, b'{"data": 1}', 400, "invalid_channel"),
         ("c", {"content-type": "text/plain"}, b'{"data": 1}', 415, "unsupported_media_type"),
         ("c", {}, b'{"data": ', 400, "invalid_json"),
@@ -80,6 +84,9 @@ async def test_publish_returns_consecutive_ids(
         ("c", {}, b"{}", 400, "invalid_event"),
         ("c", {}, b'{"data": 1, "extra": 2}', 400, "invalid_event"),
         ("c", {}, b'{"event": "a\\nb", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"event": "a\\u0000b", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"event": "a\\rb", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"event": "x", "id": "forged", "data": 1}', 400, "invalid_event"),
         ("c", {}, b'{"event": "reset", "data": 1}', 400, "invalid_event"),
         ("c", {}, b'{"event": 7, "data": 1}', 400, "invalid_event"),
         ("c", {}, b'{"events": []}', 400, "invalid_body"),
@@ -288,3 +295,51 @@ async def test_python_api_publish_wakes_the_tail_in_process(
     assert [(e.type, e.data, e.last_event_id) for e in session.events] == [
         ("note", '{"from":"python"}', event_id)
     ]
+
+
+@pytest.mark.parametrize("channel", ["a%0Ab", "a%0D%0Aevent:%20x", "a%00b", "x" * 129])
+async def test_subscribe_rejects_hostile_channel_names(
+    gateway: StartGateway, http: httpx.AsyncClient, channel: str
+) -> None:
+    server = gateway()
+    response = await http.get(f"{server.url}/channels/{channel}/events")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_channel"
+
+
+async def test_subscribe_treats_a_hostile_last_event_id_as_malformed(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    (written,) = await _publish(http, server, "c", {"data": 1})
+    hostile = "1\n\nevent: forged\ndata: x\n"
+    session = await read_session(
+        http, f"{server.url}/channels/c/events", params={"last_event_id": hostile}
+    )
+    assert [e.type for e in session.events] == ["reset"]
+    assert json.loads(session.events[0].data)["last_event_id"] == hostile
+    assert session.last_event_id == written
+
+
+async def test_cors_preflight_allows_last_event_id_and_credentials(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(cors_allowed_origins=["https://app.example"])
+    preflight = await http.options(
+        f"{server.url}/channels/c/events",
+        headers={
+            "origin": "https://app.example",
+            "access-control-request-method": "GET",
+            "access-control-request-headers": "last-event-id, authorization",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "last-event-id" in allowed and "authorization" in allowed
+    refused = await http.options(
+        f"{server.url}/channels/c/events",
+        headers={"origin": "https://evil.example", "access-control-request-method": "GET"},
+    )
+    assert "access-control-allow-origin" not in refused.headers

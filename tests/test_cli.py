@@ -34,7 +34,11 @@ def dev_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = _free_port()
     env = {**os.environ, "SSE_GATEWAY_MAX_SESSION_SECONDS": "1", "SSE_GATEWAY_RETRY_MS": "10"}
     process = subprocess.Popen(
-        _command("dev", "--port", str(port)), env=env, stderr=subprocess.PIPE, text=True
+        _command("dev", "--port", str(port)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # uvicorn's access log goes to stdout
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
@@ -56,7 +60,9 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     page = httpx.get(f"{url}/")
     assert page.status_code == 200
     assert "new EventSource" in page.text
-    published = httpx.post(f"{url}/channels/demo/events", json={"data": {"hello": "world"}})
+    published = httpx.post(
+        f"{url}/channels/demo/events?token=s3cret-token", json={"data": {"hello": "world"}}
+    )
     assert published.status_code == 201
     (event_id,) = published.json()["ids"]
     parser = EventStreamParser()
@@ -68,10 +74,13 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert parser.retry == 10  # the session ended itself after 1 s
 
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=15)
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    assert "Finished server process" in stderr
+    output, _ = process.communicate(timeout=15)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    assert "Finished server process" in output
+    assert "POST /channels/demo/events?token=[redacted]" in output
+    assert "s3cret-token" not in output
+    assert "auth is off" in output
 
 
 def test_invalid_setting_fails_at_start_naming_the_variable() -> None:

@@ -52,3 +52,38 @@ def test_settings_defaults_are_documented_values() -> None:
     assert settings.heartbeat_seconds == 15
     assert settings.max_session_seconds == 600
     assert settings.retention_seconds == 86_400
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SSE_GATEWAY_AUTH_SECRET": "short"}, "SSE_GATEWAY_AUTH_SECRET"),
+        (
+            {"SSE_GATEWAY_AUTH_SECRET": "x" * 40, "SSE_GATEWAY_AUTH_ALGORITHM": "RS256"},
+            "SSE_GATEWAY_AUTH_ALGORITHM",
+        ),
+        ({"SSE_GATEWAY_AUTH_PUBLIC_KEY": "-----BEGIN"}, "SSE_GATEWAY_AUTH_ALGORITHM"),
+        ({"SSE_GATEWAY_AUTH_ALGORITHM": "none"}, "SSE_GATEWAY_AUTH_ALGORITHM"),
+        (
+            {"SSE_GATEWAY_AUTH_SECRET": "x" * 40, "SSE_GATEWAY_AUTH_PUBLIC_KEY": "k"},
+            "SSE_GATEWAY_AUTH_PUBLIC_KEY",
+        ),
+    ],
+)
+def test_load_settings_rejects_inconsistent_auth(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], variable: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_settings_auth_and_cors_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_AUTH_SECRET", "s" * 32)
+    monkeypatch.setenv("SSE_GATEWAY_CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    settings = load_settings()
+    assert settings.auth_enabled
+    assert "s" * 32 not in repr(settings)  # the secret never prints
+    assert settings.cors_allowed_origins == ["https://a.example", "https://b.example"]
+    assert not Settings(auth_secret=None).auth_enabled

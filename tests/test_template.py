@@ -110,3 +110,13 @@ def test_template_handlers_and_settings_exist(template: dict[str, Any]) -> None:
     variables = {name for group in names for name in group if name.startswith(ENV_PREFIX)}
     fields = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields}
     assert variables and variables <= fields, variables - fields
+
+
+def test_template_configures_cors_in_one_place(template: dict[str, Any]) -> None:
+    groups = [template["Globals"]["Function"]["Environment"]["Variables"]]
+    for resource in ("SubscribeFunction", "PublishFunction"):
+        function = _function(template, resource)
+        assert "Cors" in function["FunctionUrlConfig"]
+        groups.append(function.get("Environment", {}).get("Variables", {}))
+    # The app's own CORS middleware stays off behind the function URLs.
+    assert all(f"{ENV_PREFIX}CORS_ALLOWED_ORIGINS" not in group for group in groups)

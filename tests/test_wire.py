@@ -85,3 +85,19 @@ def test_encode_event_frames_stay_separate_when_split_anywhere(
     assert [e.data for e in events] == [
         p.replace("\r\n", "\n").replace("\r", "\n") for p in payloads
     ]
+
+
+@given(data=st.text(), event=st.text(), id=st.text())
+def test_encode_event_never_yields_an_extra_frame_or_field(data: str, event: str, id: str) -> None:
+    try:
+        frame = wire.encode_event(data, event=event, id=id)
+    except wire.FieldError:
+        assert any(c in event + id for c in "\r\n\x00")
+        return
+    parser = EventStreamParser()
+    events = parser.feed(frame + b"data: sentinel\n\n")
+    lines = frame.decode().split("\n")
+    assert [line.split(":", 1)[0] for line in lines if line][:2] == ["event", "id"]
+    assert all(line.startswith("data: ") for line in lines[2:] if line)
+    assert [e.type for e in events] == [event or "message", "message"]
+    assert events[-1].data == "sentinel"

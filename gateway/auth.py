@@ -1,0 +1,134 @@
+"""JWT channel grants: who may subscribe to or publish on which channels.
+
+A token's ``sse`` claim grants ``{"subscribe": [patterns], "publish": [patterns]}``.
+A pattern is a channel name whose last ``:``-separated segment may be ``*``,
+which stands for exactly one non-empty segment: ``orders:*`` covers
+``orders:42`` but neither ``orders-secret``, ``orders:`` nor ``orders:42:x``.
+Tokens are checked by PyJWT with the one configured algorithm, so ``none`` and
+algorithm confusion (an HS256 token signed with an RS256 public key) fail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import jwt
+
+from gateway.errors import GatewayError
+from gateway.settings import Settings
+
+TOKEN_COOKIE = "sse_token"
+TOKEN_QUERY_PARAMETER = "token"
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class Unauthorized(GatewayError):
+    """No valid token: 401, which also stops EventSource from reconnecting."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    """A valid token whose grants do not cover the channel: 403."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class Action(StrEnum):
+    SUBSCRIBE = "subscribe"
+    PUBLISH = "publish"
+
+
+def _valid_pattern(pattern: Any) -> bool:
+    if not isinstance(pattern, str) or not 1 <= len(pattern) <= 128:
+        return False
+    *head, last = pattern.split(":")
+    return all(_SEGMENT.fullmatch(s) for s in head) and (
+        last == "*" or _SEGMENT.fullmatch(last) is not None
+    )
+
+
+def pattern_matches(pattern: str, channel: str) -> bool:
+    if not pattern.endswith(":*") and pattern != "*":
+        return pattern == channel
+    prefix = pattern[:-1]  # "orders:" (or "" for a bare "*")
+    rest = channel[len(prefix) :]
+    return channel.startswith(prefix) and _SEGMENT.fullmatch(rest) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    subscribe: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+
+    @classmethod
+    def from_claim(cls, claim: Any) -> Grants:
+        if not isinstance(claim, Mapping) or not set(claim) <= {"subscribe", "publish"}:
+            raise Unauthorized(
+                'the token\'s "sse" claim must be {"subscribe": [...], "publish": [...]}'
+            )
+        lists = {}
+        for action in Action:
+            patterns = claim.get(action.value, [])
+            if not isinstance(patterns, list) or not all(_valid_pattern(p) for p in patterns):
+                raise Unauthorized(
+                    f'the token\'s "sse.{action.value}" must be a list of channel patterns'
+                )
+            lists[action.value] = tuple(patterns)
+        return cls(**lists)
+
+    def allows(self, action: Action, channel: str) -> bool:
+        patterns = self.subscribe if action is Action.SUBSCRIBE else self.publish
+        return any(pattern_matches(p, channel) for p in patterns)
+
+
+def bearer_token(
+    headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str]
+) -> str | None:
+    """The token from ``Authorization: Bearer``, else ``?token=``, else the cookie."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return query.get(TOKEN_QUERY_PARAMETER) or cookies.get(TOKEN_COOKIE) or None
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        if settings.auth_secret is not None:
+            self._key: str = settings.auth_secret.get_secret_value()
+        else:
+            self._key = settings.auth_public_key or ""
+        self._algorithm = settings.auth_algorithm
+        self._leeway = settings.auth_leeway_seconds
+
+    def grants(self, token: str | None) -> Grants:
+        if token is None:
+            raise Unauthorized(
+                "a token is required: send Authorization: Bearer <jwt>, ?token=<jwt> "
+                f"or the {TOKEN_COOKIE} cookie"
+            )
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                leeway=self._leeway,
+                options={"require": ["exp", "sse"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the token has expired: get a new one") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise Unauthorized("the token is not valid yet (nbf)") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"the token is invalid: {exc}") from exc
+        return Grants.from_claim(claims["sse"])
+
+    def authorize(self, token: str | None, action: Action, channel: str) -> None:
+        if not self.grants(token).allows(action, channel):
+            raise Forbidden(f"the token does not grant {action.value} on channel {channel!r}")

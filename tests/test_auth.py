@@ -1,0 +1,224 @@
+"""JWT channel grants: pure checks, then through a real server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from gateway.auth import (
+    Action,
+    Authenticator,
+    Forbidden,
+    Grants,
+    Unauthorized,
+    bearer_token,
+    pattern_matches,
+)
+from gateway.settings import Settings
+from tests.eventstream import read_session
+from tests.servers import GatewayServer
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs512-too-0123456789abcdef"
+
+
+def mint(
+    claims: dict[str, Any], key: Any = SECRET, algorithm: str = "HS256", **headers: Any
+) -> str:
+    payload = {"exp": int(time.time()) + 300, **claims}
+    return jwt.encode(payload, key, algorithm=algorithm, headers=headers or None)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "channel", "allowed"),
+    [
+        ("orders:42", "orders:42", True),
+        ("orders:42", "orders:420", False),
+        ("orders:*", "orders:42", True),
+        ("orders:*", "orders:a.b-c_d", True),
+        ("orders:*", "orders-secret", False),
+        ("orders:*", "orders:", False),
+        ("orders:*", "orders", False),
+        ("orders:*", "orders:42:items", False),
+        ("orders:*", "ordersX:42", False),
+        ("orders:*", "xorders:42", False),
+        ("*", "anything", True),
+        ("*", "a:b", False),
+        ("a:b:*", "a:b:c", True),
+        ("a:b:*", "a:bc", False),
+    ],
+)
+def test_pattern_matches_table(pattern: str, channel: str, allowed: bool) -> None:
+    assert pattern_matches(pattern, channel) is allowed
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "orders:*",
+        ["orders:*"],
+        {"subscribe": "orders:*"},
+        {"subscribe": [42]},
+        {"subscribe": ["orders:*:x"]},
+        {"subscribe": ["or*"]},
+        {"subscribe": ["a\nb"]},
+        {"publish": [""]},
+        {"admin": ["*"]},
+    ],
+)
+def test_grants_from_claim_rejects_malformed_claims(claim: Any) -> None:
+    with pytest.raises(Unauthorized):
+        Grants.from_claim(claim)
+
+
+def test_bearer_token_prefers_header_then_query_then_cookie() -> None:
+    assert bearer_token({"authorization": "Bearer h"}, {"token": "q"}, {"sse_token": "c"}) == "h"
+    assert bearer_token({"authorization": "Basic x"}, {"token": "q"}, {"sse_token": "c"}) == "q"
+    assert bearer_token({}, {}, {"sse_token": "c"}) == "c"
+    assert bearer_token({"authorization": "Bearer "}, {}, {}) is None
+
+
+def _keys(kind: str) -> tuple[Any, str]:
+    private: Any = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public.decode()
+
+
+GRANT = {"sse": {"subscribe": ["orders:*"], "publish": ["orders:42"]}}
+
+
+HS256 = {"alg": "HS256", "typ": "JWT"}
+
+
+def _b64(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    """An ``alg: none`` token, as an attacker would write it by hand."""
+    header = _b64({"alg": "none", "typ": "JWT"})
+    return f"{header}.{_b64({'exp': int(time.time()) + 300, **claims})}."
+
+
+@pytest.mark.parametrize(
+    ("token", "error"),
+    [
+        (None, "required"),
+        ("not-a-jwt", "invalid"),
+        (mint(GRANT, SECRET[::-1]), "invalid"),
+        (mint({**GRANT, "exp": int(time.time()) - 60}), "expired"),
+        (mint({**GRANT, "nbf": int(time.time()) + 120}), "not valid yet"),
+        (_unsigned(GRANT), "invalid"),
+        (jwt.encode({"sse": GRANT["sse"]}, SECRET, algorithm="HS256"), "invalid"),  # no exp
+        (mint({"sse": {"subscribe": "orders:*"}}), "must be a list"),
+        (mint(GRANT, SECRET, "HS512"), "invalid"),
+    ],
+)
+def test_authenticator_rejects_bad_tokens(token: str | None, error: str) -> None:
+    authenticator = Authenticator(Settings(auth_secret=SECRET))
+    with pytest.raises(Unauthorized, match=error):
+        authenticator.grants(token)
+
+
+def test_authenticator_allows_small_clock_skew() -> None:
+    authenticator = Authenticator(Settings(auth_secret=SECRET, auth_leeway_seconds=10))
+    skewed = mint({**GRANT, "nbf": int(time.time()) + 5, "exp": int(time.time()) - 5})
+    assert authenticator.grants(skewed).allows(Action.SUBSCRIBE, "orders:1")
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_authenticator_with_public_key_refuses_algorithm_confusion(algorithm: str) -> None:
+    private, public = _keys(algorithm)
+    authenticator = Authenticator(Settings(auth_public_key=public, auth_algorithm=algorithm))
+    grants = authenticator.grants(mint(GRANT, private, algorithm))
+    assert grants.allows(Action.PUBLISH, "orders:42")
+    # The classic confusion: HS256 signed with the public key as the HMAC secret.
+    unsigned = _unsigned(GRANT).replace(_b64({"alg": "none", "typ": "JWT"}), _b64(HS256))
+    signature = hmac.new(public.encode(), unsigned.rstrip(".").encode(), hashlib.sha256).digest()
+    forged = unsigned + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+    with pytest.raises(Unauthorized, match="alg"):
+        authenticator.grants(forged)
+    with pytest.raises(Unauthorized):
+        authenticator.grants(_unsigned(GRANT))
+
+
+def test_authenticator_authorize_separates_subscribe_and_publish() -> None:
+    authenticator = Authenticator(Settings(auth_secret=SECRET))
+    token = mint(GRANT)
+    authenticator.authorize(token, Action.SUBSCRIBE, "orders:7")
+    authenticator.authorize(token, Action.PUBLISH, "orders:42")
+    with pytest.raises(Forbidden):
+        authenticator.authorize(token, Action.PUBLISH, "orders:7")
+    with pytest.raises(Forbidden):
+        authenticator.authorize(token, Action.SUBSCRIBE, "orders-secret")
+
+
+StartGateway = Callable[..., GatewayServer]
+
+
+@pytest.mark.parametrize(
+    ("method", "channel", "token", "status"),
+    [
+        ("POST", "orders:42", None, 401),
+        ("POST", "orders:42", "garbage", 401),
+        ("POST", "orders:42", mint({**GRANT, "exp": 1}), 401),
+        ("POST", "orders:42", _unsigned(GRANT), 401),
+        ("POST", "orders:7", mint(GRANT), 403),
+        ("POST", "orders-secret", mint({"sse": {"publish": ["orders:*"]}}), 403),
+        ("POST", "orders:", mint({"sse": {"publish": ["orders:*"]}}), 403),
+        ("GET", "orders-secret", mint(GRANT), 403),
+        ("GET", "orders:42", None, 401),
+        ("GET", "orders:42", mint({"sse": {"publish": ["orders:42"]}}), 403),
+    ],
+)
+async def test_app_refuses_requests_without_a_covering_grant(
+    gateway: StartGateway,
+    http: httpx.AsyncClient,
+    method: str,
+    channel: str,
+    token: str | None,
+    status: int,
+) -> None:
+    server = gateway(auth_secret=SECRET, max_session_seconds=0.5)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    response = await http.request(
+        method, f"{server.url}/channels/{channel}/events", json={"data": 1}, headers=headers
+    )
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == ("unauthorized" if status == 401 else "forbidden")
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    ok = await http.post(
+        f"{server.url}/channels/orders:42/events",
+        json={"data": "after"},
+        headers={"authorization": f"Bearer {mint(GRANT)}"},
+    )
+    assert ok.json()["ids"][0].endswith("-1")  # nothing was written before
+
+
+async def test_app_reads_the_token_from_query_or_cookie_for_eventsource(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(auth_secret=SECRET, max_session_seconds=0.5)
+    url = f"{server.url}/channels/orders:42/events"
+    by_query = await read_session(http, url, params={"token": mint(GRANT)})
+    assert (by_query.status, by_query.last_event_id) == (200, "0")
+    async with httpx.AsyncClient(cookies={"sse_token": mint(GRANT)}) as with_cookie:
+        by_cookie = await read_session(with_cookie, url)
+    assert by_cookie.status == 200
