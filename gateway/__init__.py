@@ -2,12 +2,14 @@
 
 from gateway.app import create_app
 from gateway.errors import (
+    Forbidden,
     GatewayError,
     InvalidInput,
     PayloadTooLarge,
     SettingsError,
     StoreMisconfigured,
     StoreUnavailable,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from gateway.publisher import Publisher, open_publisher
@@ -16,6 +18,7 @@ from gateway.store import EventLog, NewEvent, StoredEvent
 
 __all__ = [
     "EventLog",
+    "Forbidden",
     "GatewayError",
     "InvalidInput",
     "NewEvent",
@@ -26,6 +29,7 @@ __all__ = [
     "StoreMisconfigured",
     "StoreUnavailable",
     "StoredEvent",
+    "Unauthorized",
     "UnsupportedMediaType",
     "create_app",
     "load_settings",

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.auth import Action, Authenticator, Unauthorized, bearer_token
-from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.auth import Action, Authenticator, bearer_token
+from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from gateway.hub import ChannelHub
 from gateway.publisher import Publisher
 from gateway.session import SessionTiming, event_stream

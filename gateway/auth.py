@@ -18,26 +18,12 @@ from typing import Any
 
 import jwt
 
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, Unauthorized
 from gateway.settings import Settings
 
 TOKEN_COOKIE = "sse_token"
 TOKEN_QUERY_PARAMETER = "token"
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class Unauthorized(GatewayError):
-    """No valid token: 401, which also stops EventSource from reconnecting."""
-
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(GatewayError):
-    """A valid token whose grants do not cover the channel: 403."""
-
-    status_code = 403
-    code = "forbidden"
 
 
 class Action(StrEnum):

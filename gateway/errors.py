@@ -39,6 +39,20 @@ class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
 
 
+class Unauthorized(GatewayError):
+    """No valid token: 401, which also stops EventSource from reconnecting."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    """A valid token whose grants do not cover the channel: 403."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class StoreUnavailable(GatewayError):
     """DynamoDB could not be reached or kept throttling after retries: try again later."""
 

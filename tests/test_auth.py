@@ -19,12 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway.auth import (
     Action,
     Authenticator,
-    Forbidden,
     Grants,
-    Unauthorized,
     bearer_token,
     pattern_matches,
 )
+from gateway.errors import Forbidden, Unauthorized
 from gateway.settings import Settings
 from tests.eventstream import read_session
 from tests.servers import GatewayServer
