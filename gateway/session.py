@@ -92,10 +92,13 @@ async def _tail(
             if events:
                 scanned_to = events[-1].seq
         if events:
-            frames = []
+            frames: list[bytes] = []
             for event in events:
                 if cursor.epoch is not None and event.epoch != cursor.epoch:
-                    return  # the log restarted: the reconnect will be told with a reset
+                    # The log restarted: deliver what came before, the reconnect gets a reset.
+                    if frames:
+                        yield b"".join(frames)
+                    return
                 if event.seq != cursor.seq + 1:
                     frames.append(
                         encode_reset(
