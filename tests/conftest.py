@@ -3,17 +3,32 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import BrowserContext as Browser
+from playwright.async_api import async_playwright
 
 from gateway.dynamodb import open_dynamodb
 from gateway.settings import Settings
 from gateway.store import EventLog
 from infra.local import embedded_dynamodb, local_session
 from infra.table import ensure_table
-from tests.servers import FaultProxy, GatewayServer
+from tests.servers import FaultProxy, GatewayProcess, GatewayServer
+
+CHROMIUM = "/usr/bin/chromium"
+# As root in a closed network: no sandbox, and none of Chromium's own calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +95,40 @@ def gateway(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Ga
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def gateway_process(dynamodb_endpoint: str) -> Iterator[Callable[..., GatewayProcess]]:
+    """A factory of ``sse-gateway dev`` processes on the test's table; all killed at teardown.
+    Keyword arguments are settings (``max_session_seconds=2``)."""
+    table = f"events-{uuid.uuid4().hex[:12]}"
+    processes: list[GatewayProcess] = []
+
+    def start(**settings: Any) -> GatewayProcess:
+        env = {"SSE_GATEWAY_TABLE_NAME": table}
+        env.update({f"SSE_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()})
+        process = GatewayProcess(dynamodb_endpoint, env).start()
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium from Debian's package, with a fresh profile."""
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 900, "height": 600},
+        )
+        yield context
+        await context.close()
 
 
 @pytest.fixture

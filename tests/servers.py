@@ -1,16 +1,22 @@
 """Real servers on real ports for the tests: the gateway under uvicorn in a thread
-of its own (with its own event loop), and a TCP proxy in front of DynamoDB that
+of its own (with its own event loop) or as a process of its own, and a TCP proxy in front of DynamoDB that
 can drop responses or refuse connections, to inject faults without mocks."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from gateway.app import create_app
@@ -157,3 +163,52 @@ class FaultProxy:
             pass
         finally:
             writer.close()
+
+
+class GatewayProcess:
+    """``sse-gateway dev`` as its own process on a fixed port, against a shared DynamoDB,
+    so a test can SIGKILL it and start it again where clients expect it."""
+
+    def __init__(self, dynamodb_endpoint: str, env: dict[str, str]) -> None:
+        self._dynamodb_endpoint = dynamodb_endpoint
+        self._env = {**os.environ, **env}
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        command = [
+            str(Path(sys.executable).parent / "sse-gateway"),
+            "dev",
+            "--dynamodb-endpoint",
+            self._dynamodb_endpoint,
+            "--port",
+            str(self.port),
+        ]
+        self.process = subprocess.Popen(
+            command, env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sse-gateway exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("sse-gateway did not answer /healthz within 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no ``retry:``, connections cut mid-stream."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        (line,) = [row for row in status.splitlines() if row.startswith("VmRSS:")]
+        return int(line.split()[1]) * 1024
