@@ -22,7 +22,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from gateway.auth import Action, Authenticator, bearer_token
-from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from gateway.errors import (
+    GatewayError,
+    PayloadTooLarge,
+    StoreUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from gateway.hub import ChannelHub
 from gateway.publisher import Publisher
 from gateway.session import SessionTiming, event_stream
@@ -123,6 +129,8 @@ def create_app(
         response = error_response(exc.status_code, exc.code, exc.message)
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
+        if isinstance(exc, StoreUnavailable):
+            response.headers["Retry-After"] = "1"
         return response
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -2,6 +2,8 @@
 
 Throttling and transient errors are retried by botocore's ``standard`` retry
 mode (exponential backoff with jitter); nothing here re-implements it.
+``total_max_attempts`` counts the first attempt too, as the setting's name
+says (botocore's ``max_attempts`` key would count retries only).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ async def open_dynamodb(
     settings: Settings, session: aioboto3.Session | None = None
 ) -> AsyncIterator[DynamoDBClient]:
     config = AioConfig(
-        retries={"mode": "standard", "max_attempts": settings.dynamodb_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.dynamodb_max_attempts},
         connect_timeout=settings.dynamodb_timeout_seconds,
         read_timeout=settings.dynamodb_timeout_seconds,
     )

@@ -137,27 +137,41 @@ async def read_session(
     )
 
 
-async def follow(
-    client: httpx.AsyncClient,
-    url: str,
-    *,
-    until: Callable[[list[MessageEvent]], bool],
-    max_sessions: int = 100,
-) -> tuple[list[MessageEvent], int]:
-    """Reconnect like EventSource (Last-Event-ID, ``retry:``) until ``until`` holds.
+class EventSourceClient:
+    """Reconnects like the browser's EventSource until ``until`` holds: after a
+    session ends it waits ``retry:`` and resumes with ``Last-Event-ID``; a refused
+    or cut connection is retried the same way (a non-200 answer is a failure)."""
 
-    Returns every event seen and the number of sessions the server ended.
-    """
-    events: list[MessageEvent] = []
-    last_event_id: str | None = None
-    for sessions in range(max_sessions):
-        session = await read_session(
-            client, url, last_event_id=last_event_id, stop=lambda got: until(events + got)
-        )
-        assert session.status == 200, session.status
-        events.extend(session.events)
-        if until(events):
-            return events, sessions
-        last_event_id = session.last_event_id or None
-        await asyncio.sleep((session.retry or 0) / 1000)
-    raise AssertionError(f"gave up after {max_sessions} sessions with {len(events)} events")
+    def __init__(self, client: httpx.AsyncClient, url: str, *, retry_ms: int = 1000) -> None:
+        self.events: list[MessageEvent] = []
+        self.sessions_ended = 0  # the server closed the stream cleanly
+        self.network_errors = 0  # refused, reset or cut mid-stream
+        self._client = client
+        self._url = url
+        self._retry_ms = retry_ms
+        self._last_event_id = ""
+
+    async def run(
+        self, until: Callable[[list[MessageEvent]], bool], *, max_connections: int = 200
+    ) -> list[MessageEvent]:
+        for _ in range(max_connections):
+            parser = EventStreamParser()
+            parser.last_event_id = parser._id_buffer = self._last_event_id
+            headers = {"Accept": "text/event-stream"}
+            if self._last_event_id:
+                headers["Last-Event-ID"] = self._last_event_id
+            try:
+                async with self._client.stream("GET", self._url, headers=headers) as response:
+                    assert response.status_code == 200, response.status_code
+                    async for chunk in response.aiter_raw():
+                        self.events.extend(parser.feed(chunk))
+                        self._last_event_id = parser.last_event_id
+                        if until(self.events):
+                            return self.events
+                self.sessions_ended += 1
+            except httpx.TransportError:
+                self.network_errors += 1
+            self._last_event_id = parser.last_event_id
+            self._retry_ms = parser.retry if parser.retry is not None else self._retry_ms
+            await asyncio.sleep(self._retry_ms / 1000)
+        raise AssertionError(f"gave up after {max_connections} connections")

@@ -1,6 +1,7 @@
 """Real servers on real ports for the tests: the gateway under uvicorn in a thread
-of its own (with its own event loop) or as a process of its own, and a TCP proxy in front of DynamoDB that
-can drop responses or refuse connections, to inject faults without mocks."""
+of its own (with its own event loop) or as a process of its own, and a TCP proxy
+in front of DynamoDB that can drop responses, answer with throttling errors or
+refuse connections, to inject faults without mocks."""
 
 from __future__ import annotations
 
@@ -96,6 +97,16 @@ class GatewayServer:
             await serving
 
 
+_THROTTLED_BODY = (
+    b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",'
+    b'"message":"The level of configured provisioned throughput for the table was exceeded."}'
+)
+_THROTTLED = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_THROTTLED_BODY)
+) + _THROTTLED_BODY
+
+
 class FaultProxy:
     """A TCP proxy to DynamoDB. moto answers ``Connection: close``, so each
     connection carries one request, which makes per-request faults simple."""
@@ -105,6 +116,7 @@ class FaultProxy:
         self._upstream = (host, int(port))
         self.refuse = False
         self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
+        self._throttle_next: list[str] = []  # ... to answer with a throttling error
         self.seen: list[str] = []
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,6 +137,10 @@ class FaultProxy:
     def drop_response_once(self, operation: str) -> None:
         """The next ``operation`` reaches DynamoDB, but its answer is lost on the way back."""
         self._drop_next.append(operation)
+
+    def throttle(self, operation: str, times: int) -> None:
+        """The next ``times`` ``operation`` requests get DynamoDB's throttling answer."""
+        self._throttle_next.extend([operation] * times)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -149,6 +165,11 @@ class FaultProxy:
                     target = line.split(".", 1)[-1].strip()
             body = await reader.readexactly(length)
             self.seen.append(target)
+            if target in self._throttle_next:
+                self._throttle_next.remove(target)
+                writer.write(_THROTTLED)
+                await writer.drain()
+                return
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
             up_writer.write(head + body)
             await up_writer.drain()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 
 from gateway.cursor import parse_event_id
-from tests.eventstream import follow
+from tests.eventstream import EventSourceClient
 from tests.servers import GatewayServer
 
 PUBLISHERS = 8
@@ -40,12 +40,13 @@ async def test_resume_across_sessions_loses_and_repeats_nothing(
             acked[event_id] = (number, i)
             await asyncio.sleep(rng.uniform(0.02, 0.18))
 
+    subscriber = EventSourceClient(http, url)
     following = asyncio.create_task(
-        follow(http, url, until=lambda events: len(events) >= PUBLISHERS * EVENTS_EACH)
+        subscriber.run(until=lambda events: len(events) >= PUBLISHERS * EVENTS_EACH)
     )
     await asyncio.sleep(0.3)  # the first session has started and reported the head
     await asyncio.gather(*(publisher(n) for n in range(PUBLISHERS)))
-    events, sessions_ended = await asyncio.wait_for(following, 60)
+    events = await asyncio.wait_for(following, 60)
 
     received = [e.last_event_id for e in events]
     assert len(received) == len(set(received)) == PUBLISHERS * EVENTS_EACH
@@ -55,7 +56,8 @@ async def test_resume_across_sessions_loses_and_repeats_nothing(
     assert sorted(p.seq for p in map(parse_event_id, acked) if p is not None) == list(
         range(1, PUBLISHERS * EVENTS_EACH + 1)
     )
-    assert sessions_ended >= 3
+    assert subscriber.sessions_ended >= 3
+    assert subscriber.network_errors == 0
     for event in events:
         publisher_number, i = acked[event.last_event_id]
         assert event.type == "message"

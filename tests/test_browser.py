@@ -52,9 +52,7 @@ async def test_demo_page_sees_every_event_once_in_order_across_reconnects(
     published = {event_id: value for batch in batches for event_id, value in batch.items()}
     assert len(published) == 300
 
-    await page.wait_for_function(
-        "window.sseLog.events.length >= 300", timeout=30_000, polling=100
-    )
+    await page.wait_for_function("window.sseLog.events.length >= 300", timeout=30_000, polling=100)
     await asyncio.sleep(2.5)  # one more session: a late duplicate would show up by now
     log = await page.evaluate("window.sseLog")
 
