@@ -1,0 +1,285 @@
+"""What the benchmarks share: the servers under test as real processes, an SSE
+client light enough to hold thousands of connections from one process, RSS.
+
+The servers run as processes of their own (moto's server too, as DynamoDB is
+remote in production), so the load generator never shares their GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+def raise_fd_limit() -> None:
+    """Children inherit it: 10k connections need 10k descriptors on each side."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": memory, "python": sys.version}
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Moto:
+    url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[Moto]:
+    port = free_port()
+    with running([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url)
+        yield Moto(url, process.pid)
+
+
+@dataclass
+class Target:
+    """A server under test: where to subscribe and publish, and its processes."""
+
+    name: str
+    base: str
+    pids: list[int]
+    subscribe_path: Callable[[str], str]
+    publish: Callable[[httpx.AsyncClient, str, dict[str, object]], object]
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def gateway(dynamodb: str, **settings: object) -> Iterator[Target]:
+    port = free_port()
+    env = {
+        "SSE_GATEWAY_TABLE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        **{f"SSE_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()},
+    }
+    command = [
+        str(BIN / "sse-gateway"),
+        "dev",
+        "--dynamodb-endpoint",
+        dynamodb,
+        "--port",
+        str(port),
+    ]
+    with running(command, env) as process:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz")
+
+        async def publish(
+            client: httpx.AsyncClient, channel: str, data: dict[str, object]
+        ) -> object:
+            response = await client.post(f"{base}/channels/{channel}/events", json={"data": data})
+            response.raise_for_status()
+            return response.json()["ids"][0]
+
+        yield Target("sse-gateway", base, [process.pid], lambda c: f"/channels/{c}/events", publish)
+
+
+NGINX_CONF = """
+load_module {module};
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /pub {{
+      nchan_publisher;
+      nchan_channel_id $arg_id;
+      nchan_message_buffer_length 1000;
+      nchan_message_timeout 1h;
+    }}
+    location ~ ^/sub/(.+)$ {{
+      nchan_subscriber eventsource;
+      nchan_channel_id $1;
+    }}
+  }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nchan() -> Iterator[Target]:
+    """nginx + nchan, in-memory store, one worker (the gateway is one process too)."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="bench-nchan-"))
+    conf = root / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(module=NCHAN_MODULE, root=root, port=port))
+    with running([nginx, "-c", str(conf), "-p", str(root)]) as master:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/pub?id=warmup")
+        children = subprocess.run(
+            ["pgrep", "-P", str(master.pid)], capture_output=True, text=True, check=True
+        ).stdout.split()
+
+        async def publish(
+            client: httpx.AsyncClient, channel: str, data: dict[str, object]
+        ) -> object:
+            response = await client.post(f"{base}/pub?id={channel}", content=json.dumps(data))
+            response.raise_for_status()
+            return None
+
+        yield Target(
+            "nchan", base, [master.pid, *map(int, children)], lambda c: f"/sub/{c}", publish
+        )
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Subscriber:
+    """One EventSource-like connection on a raw socket: parses HTTP/1.1 (chunked or
+    not) and the event stream's ``data:`` lines, and calls ``on_data`` with each.
+    httpx would cost more memory and CPU per connection than the servers measured."""
+
+    def __init__(self, base: str, path: str, on_data: Callable[[str, float], None]) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self._address = (host, int(port))
+        self._path = path
+        self._on_data = on_data
+        self.connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def run(self) -> None:
+        reader, self._writer = await asyncio.open_connection(*self._address, limit=2**20)
+        request = f"GET {self._path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+        self._writer.write(request.encode())
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        if not head.startswith("http/1.1 200"):
+            raise RuntimeError(f"subscribe failed: {head.splitlines()[0]}")
+        chunked = "transfer-encoding: chunked" in head
+        pending = b""
+        while True:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    return
+                block = await reader.readexactly(size + 2)
+                pending += block[:-2]
+            else:
+                block = await reader.read(65536)
+                if not block:
+                    return
+                pending += block
+            # Connected once the first bytes of the stream arrive: the gateway's
+            # first frame (the head's id) says where this subscriber starts.
+            self.connected.set()
+            *lines, pending = pending.split(b"\n")
+            now = time.monotonic()
+            for line in lines:
+                if line.startswith(b"data:"):
+                    self._on_data(line[5:].strip().decode(), now)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def write_result(name: str, result: object) -> Path:
+    path = Path(__file__).parent / "results" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), "result": result}, indent=2))
+    return path

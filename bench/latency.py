@@ -1,0 +1,174 @@
+"""Publish-to-deliver latency, sse-gateway and nchan side by side in one run.
+
+Each event carries the publisher's ``time.monotonic()`` (one clock for every
+process on the machine); each subscriber notes when its ``data:`` line arrives.
+Scenarios: 1, 100 and 1000 subscribers on one channel, 100 channels x 10.
+
+    .venv/bin/python -m bench.latency          # writes bench/results/latency.json
+                                               # and bench/latency.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from bench.common import (
+    Subscriber,
+    Target,
+    cpu_seconds,
+    gateway,
+    moto_server,
+    nchan,
+    percentile,
+    raise_fd_limit,
+    write_result,
+)
+
+SCENARIOS = [(1, 1), (100, 1), (1000, 1), (10, 100)]  # (subscribers per channel, channels)
+
+
+async def measure(
+    target: Target,
+    per_channel: int,
+    channels: int,
+    events: int,
+    rate: float,
+    publish: Target,
+    moto_pid: int,
+) -> dict[str, object]:
+    run = f"{target.name}-{time.monotonic_ns()}".replace(" ", "")
+    names = [f"{run}-{n}" for n in range(channels)]
+    latencies: list[float] = []
+
+    def on_data(data: str, now: float) -> None:
+        latencies.append(now - json.loads(data)["t"])
+
+    subscribers = [
+        Subscriber(target.base, target.subscribe_path(name), on_data)
+        for name in names
+        for _ in range(per_channel)
+    ]
+    tasks = []
+    for start in range(0, len(subscribers), 100):  # connect in waves, as browsers arrive
+        batch = subscribers[start : start + 100]
+        tasks += [asyncio.create_task(s.run()) for s in batch]
+        await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in batch)), 60)
+    await asyncio.sleep(1)
+
+    # Where the time goes: CPU of the servers and of the embedded DynamoDB.
+    watched = {"server": target.pids, "dynamodb": [moto_pid] if target.name != "nchan" else []}
+    cpu_before = {name: cpu_seconds(pids) for name, pids in watched.items()}
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(events):
+            await publish.publish(client, names[i % channels], {"t": time.monotonic(), "i": i})
+            await asyncio.sleep(1 / rate)
+    elapsed = time.monotonic() - started
+    cpu = {
+        f"{name}_cpu_percent": round(100 * (cpu_seconds(pids) - cpu_before[name]) / elapsed)
+        for name, pids in watched.items()
+    }
+    expected = events * per_channel
+    deadline = time.monotonic() + 15
+    while len(latencies) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    for subscriber in subscribers:
+        subscriber.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ms = [1000 * x for x in latencies]
+    return {
+        "subscribers_per_channel": per_channel,
+        "channels": channels,
+        "events": events,
+        "deliveries_expected": expected,
+        "deliveries": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+        **cpu,
+    }
+
+
+@contextlib.contextmanager
+def targets(dynamodb: str) -> Iterator[list[tuple[str, Target, Target]]]:
+    """(label, where subscribers connect, where events are published)."""
+    table = {"table_name": f"bench-latency-{time.time_ns()}"}
+    # A publish through another process (a separate publish Lambda) reaches the
+    # subscribers' process through the log: its tail loop's next poll.
+    with (
+        gateway(dynamodb, **table) as subscribed,
+        gateway(dynamodb, **table) as elsewhere,
+        nchan() as hub,
+    ):
+        yield [
+            ("sse-gateway", subscribed, subscribed),
+            ("sse-gateway, published via another process", subscribed, elsewhere),
+            ("nchan", hub, hub),
+        ]
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted(
+        {str(r["target"]) for r in rows}, key=lambda t: [r["target"] for r in rows].index(t)
+    )
+    scenarios = [f"{p}x{c}" for p, c in SCENARIOS]
+    figure, axes = plt.subplots(figsize=(10, 4.8))
+    width = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        mine = {
+            f"{r['subscribers_per_channel']}x{r['channels']}": r
+            for r in rows
+            if r["target"] == label
+        }
+        xs = [i + k * width for i in range(len(scenarios))]
+        p50 = [float(mine[s]["p50_ms"]) for s in scenarios]  # type: ignore[arg-type]
+        p99 = [float(mine[s]["p99_ms"]) for s in scenarios]  # type: ignore[arg-type]
+        axes.bar(xs, p99, width, alpha=0.35, color=f"C{k}")
+        axes.bar(xs, p50, width, label=label, color=f"C{k}")
+    axes.set_yscale("log")
+    axes.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(scenarios))])
+    axes.set_xticklabels([f"{s.split('x')[0]} subs x {s.split('x')[1]} ch" for s in scenarios])
+    axes.set_ylabel("publish → deliver latency, ms (log)")
+    axes.set_title("p50 (solid) and p99 (light) per scenario")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200, help="events per scenario")
+    parser.add_argument("--rate", type=float, default=20, help="events per second")
+    args = parser.parse_args()
+    raise_fd_limit()
+    rows = []
+    with moto_server() as moto, targets(moto.url) as servers:
+        for per_channel, channels in SCENARIOS:
+            for label, subscribed, published in servers:
+                row = await measure(
+                    subscribed, per_channel, channels, args.events, args.rate, published, moto.pid
+                )
+                row["target"] = label
+                rows.append(row)
+                print(json.dumps(row))
+    write_result("latency", {"events": args.events, "rate": args.rate, "rows": rows})
+    plot(rows, Path(__file__).parent / "latency.png")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
