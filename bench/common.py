@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -130,7 +130,6 @@ class Target:
     pids: list[int]
     subscribe_path: Callable[[str], str]
     publish: Callable[[httpx.AsyncClient, str, dict[str, object]], object]
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 @contextlib.contextmanager

@@ -123,9 +123,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted(
-        {str(r["target"]) for r in rows}, key=lambda t: [r["target"] for r in rows].index(t)
-    )
+    labels = list(dict.fromkeys(str(r["target"]) for r in rows))  # in order of appearance
     scenarios = [f"{p}x{c}" for p, c in SCENARIOS]
     figure, axes = plt.subplots(figsize=(10, 4.8))
     width = 0.8 / len(labels)
@@ -136,13 +134,13 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
             if r["target"] == label
         }
         xs = [i + k * width for i in range(len(scenarios))]
-        p50 = [float(mine[s]["p50_ms"]) for s in scenarios]  # type: ignore[arg-type]
-        p99 = [float(mine[s]["p99_ms"]) for s in scenarios]  # type: ignore[arg-type]
+        p50 = [float(str(mine[s]["p50_ms"])) for s in scenarios]
+        p99 = [float(str(mine[s]["p99_ms"])) for s in scenarios]
         axes.bar(xs, p99, width, alpha=0.35, color=f"C{k}")
         axes.bar(xs, p50, width, label=label, color=f"C{k}")
     axes.set_yscale("log")
     axes.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(scenarios))])
-    axes.set_xticklabels([f"{s.split('x')[0]} subs x {s.split('x')[1]} ch" for s in scenarios])
+    axes.set_xticklabels([f"{p} subs x {c} ch" for p, c in SCENARIOS])
     axes.set_ylabel("publish → deliver latency, ms (log)")
     axes.set_title("p50 (solid) and p99 (light) per scenario")
     axes.legend()
