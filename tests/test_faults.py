@@ -212,4 +212,4 @@ async def test_client_that_stops_reading_is_not_buffered_without_bound(
     # flat; a server that queued the stalled client's stream would grow by what it missed.
     missed = (rounds - 1) * batches * batch_size * len(payload)
     growth = rss_after_round[-1] - rss_after_round[0]
-    assert growth < missed / 4, f"RSS grew {growth} bytes while {missed} bytes went unread"
+    assert growth < missed / 2, f"RSS grew {growth} bytes while {missed} bytes went unread"
