@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from gateway.cursor import parse_event_id
+
+
+def seq_of(event_id: str) -> int:
+    """The log position of one of the gateway's event ids."""
+    position = parse_event_id(event_id)
+    assert position is not None, event_id
+    return position.seq
+
 
 @dataclass(frozen=True)
 class MessageEvent:

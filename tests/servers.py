@@ -186,6 +186,18 @@ class FaultProxy:
             writer.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sse_gateway_command(*args: str) -> list[str]:
+    """The console script installed next to this interpreter, as a user would run it."""
+    return [str(Path(sys.executable).parent / "sse-gateway"), *args]
+
+
 class GatewayProcess:
     """``sse-gateway dev`` as its own process on a fixed port, against a shared DynamoDB,
     so a test can SIGKILL it and start it again where clients expect it."""
@@ -193,21 +205,14 @@ class GatewayProcess:
     def __init__(self, dynamodb_endpoint: str, env: dict[str, str]) -> None:
         self._dynamodb_endpoint = dynamodb_endpoint
         self._env = {**os.environ, **env}
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
-        command = [
-            str(Path(sys.executable).parent / "sse-gateway"),
-            "dev",
-            "--dynamodb-endpoint",
-            self._dynamodb_endpoint,
-            "--port",
-            str(self.port),
-        ]
+        command = sse_gateway_command(
+            "dev", "--dynamodb-endpoint", self._dynamodb_endpoint, "--port", str(self.port)
+        )
         self.process = subprocess.Popen(
             command, env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

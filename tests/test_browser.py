@@ -13,13 +13,10 @@ import httpx
 from PIL import Image, ImageChops
 from playwright.async_api import BrowserContext
 
+from tests.eventstream import seq_of
 from tests.servers import GatewayProcess
 
 StartProcess = Callable[..., GatewayProcess]
-
-
-def _seq(event_id: str) -> int:
-    return int(event_id.rsplit("-", 1)[1])
 
 
 async def _publish_paced(
@@ -56,7 +53,7 @@ async def test_demo_page_sees_every_event_once_in_order_across_reconnects(
     await asyncio.sleep(2.5)  # one more session: a late duplicate would show up by now
     log = await page.evaluate("window.sseLog")
 
-    expected = sorted(published, key=_seq)
+    expected = sorted(published, key=seq_of)
     assert [event["id"] for event in log["events"]] == expected
     assert all(event["type"] == "message" for event in log["events"])
     assert [json.loads(event["data"]) for event in log["events"]] == [

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.eventstream import EventStreamParser
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _command(*args: str) -> list[str]:
-    # The console script installed next to this interpreter, as a user would run it.
-    return [str(Path(sys.executable).parent / "sse-gateway"), *args]
+from tests.servers import free_port, sse_gateway_command
 
 
 @pytest.fixture
 def dev_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SSE_GATEWAY_MAX_SESSION_SECONDS": "1", "SSE_GATEWAY_RETRY_MS": "10"}
     process = subprocess.Popen(
-        _command("dev", "--port", str(port)),
+        sse_gateway_command("dev", "--port", str(port)),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # uvicorn's access log goes to stdout
@@ -86,7 +72,7 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
 def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
     env = {**os.environ, "SSE_GATEWAY_HEARTBEAT_SECONDS": "-3"}
     result = subprocess.run(
-        _command("dev", "--port", str(_free_port())),
+        sse_gateway_command("dev", "--port", str(free_port())),
         env=env,
         capture_output=True,
         text=True,

@@ -11,18 +11,11 @@ from collections.abc import Callable
 
 import httpx
 
-from gateway.cursor import parse_event_id
-from tests.eventstream import EventSourceClient, MessageEvent, read_session
+from tests.eventstream import EventSourceClient, MessageEvent, read_session, seq_of
 from tests.servers import FaultProxy, GatewayProcess, GatewayServer
 
 StartGateway = Callable[..., GatewayServer]
 StartProcess = Callable[..., GatewayProcess]
-
-
-def _seq(event_id: str) -> int:
-    position = parse_event_id(event_id)
-    assert position is not None, event_id
-    return position.seq
 
 
 class Publisher:
@@ -58,7 +51,7 @@ class Publisher:
 
     @property
     def last_acked(self) -> str:
-        return max(self.acked, key=_seq)
+        return max(self.acked, key=seq_of)
 
 
 def _until_seen(publisher: Publisher, done: asyncio.Event) -> Callable[[list[MessageEvent]], bool]:
@@ -99,7 +92,7 @@ async def test_server_sigkilled_mid_stream_clients_resume_without_loss_or_duplic
         stop=lambda events: bool(events) and events[-1].last_event_id == publisher.last_acked,
     )
     logged = [(e.last_event_id, json.loads(e.data)["n"]) for e in log.events]
-    assert [_seq(event_id) for event_id, _ in logged] == list(range(1, len(logged) + 1))
+    assert [seq_of(event_id) for event_id, _ in logged] == list(range(1, len(logged) + 1))
     assert set(publisher.acked.items()) <= set(logged)
     assert publisher.network_errors >= 1  # the kill did interrupt publishing
     for subscriber in subscribers:
@@ -150,8 +143,8 @@ async def test_dynamodb_outage_ends_sessions_with_retry_and_loses_no_acked_event
         assert error["code"] == "store_unavailable"
         assert "try again" in error["message"]
     # The refused publishes never reached DynamoDB: the log is exactly the acknowledged.
-    assert [e.last_event_id for e in events] == sorted(publisher.acked, key=_seq)
-    assert [_seq(e.last_event_id) for e in events] == list(range(1, len(events) + 1))
+    assert [e.last_event_id for e in events] == sorted(publisher.acked, key=seq_of)
+    assert [seq_of(e.last_event_id) for e in events] == list(range(1, len(events) + 1))
     assert [json.loads(e.data)["n"] for e in events] == [
         publisher.acked[e.last_event_id] for e in events
     ]
@@ -175,7 +168,7 @@ async def test_throttled_writes_are_retried_then_reported_as_503_writing_nothing
     assert "ProvisionedThroughputExceededException" in refused.json()["error"]["message"]
 
     after = await http.post(url, json={"data": "next"})
-    assert [_seq(i) for i in retried.json()["ids"] + after.json()["ids"]] == [1, 2]
+    assert [seq_of(i) for i in retried.json()["ids"] + after.json()["ids"]] == [1, 2]
     replay = await read_session(http, url, last_event_id="0", stop=lambda events: len(events) == 2)
     assert [e.data for e in replay.events] == ['"kept"', '"next"']
 
