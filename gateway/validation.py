@@ -16,13 +16,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from gateway.errors import InvalidInput, PayloadTooLarge
-from gateway.store import NewEvent
+from gateway.items import NewEvent
+from gateway.settings import MAX_ITEM_PAYLOAD_BYTES
 
 CHANNEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 RESERVED_EVENT_NAMES = frozenset({"reset"})
 
 _CHANNEL = re.compile(CHANNEL_PATTERN)
+# Printable ASCII, as HTTP header values carry it.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
 
 
 class EventIn(BaseModel):
@@ -39,6 +42,16 @@ def check_channel(name: str) -> str:
             code="invalid_channel",
         )
     return name
+
+
+def check_idempotency_key(key: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidInput(
+            "Idempotency-Key must be 1-128 printable ASCII characters "
+            f"(got {len(key)} characters{'' if key.isascii() else ', not all ASCII'})",
+            code="invalid_idempotency_key",
+        )
+    return key
 
 
 def _reject_constant(name: str) -> Any:
@@ -81,6 +94,7 @@ def new_events(
             code="batch_too_large",
         )
     events = []
+    batch_bytes = 0
     for index, item in enumerate(items):
         where = f"events[{index}]" if len(items) > 1 else "event"
         try:
@@ -94,10 +108,23 @@ def new_events(
                 f"{where}.event: {parsed.event!r} is reserved by the gateway", code="invalid_event"
             )
         data = json.dumps(parsed.data, ensure_ascii=False, separators=(",", ":"))
-        size = len(data.encode())
+        try:
+            size = len(data.encode())
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"{where}.data holds a lone UTF-16 surrogate ({data[exc.start]!r}), which is "
+                "not Unicode text: send valid UTF-8 (escape pairs like \\ud83d\\ude00 together)",
+                code="invalid_event",
+            ) from exc
         if size > max_event_bytes:
             raise PayloadTooLarge(
                 f"{where}.data is {size} bytes as JSON; the limit is {max_event_bytes}"
+            )
+        batch_bytes += size + len(parsed.event or "")
+        if batch_bytes > MAX_ITEM_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"the events add up to more than {MAX_ITEM_PAYLOAD_BYTES} bytes: one publish is "
+                "stored as one DynamoDB item (400 KB at most); split it into several publishes"
             )
         events.append(NewEvent(data=data, event=parsed.event))
     return events

@@ -213,10 +213,12 @@ async def test_subscribe_resets_when_history_expired(
         stop=lambda events: len(events) == 2,
     )
     assert [e.type for e in session.events] == ["reset", "message"]
+    new_epoch, new_seq = new[0].split("-")
+    assert new_seq == "3"  # the whole log had expired: a new epoch opened above it
     assert json.loads(session.events[0].data) == {
         "reason": "history_expired",
         "last_event_id": old[0],
-        "continues_after": old[1],
+        "continues_after": f"{new_epoch}-2",
     }
     assert session.events[1].last_event_id == new[0]
 

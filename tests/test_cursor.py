@@ -5,9 +5,11 @@ from gateway.cursor import (
     Position,
     ResetReason,
     Start,
+    Step,
     new_epoch,
     parse_event_id,
     resolve_start,
+    step,
 )
 
 HEAD = Position("0a1b2c3d", 42)
@@ -60,3 +62,49 @@ def test_position_event_id_roundtrips() -> None:
 )
 def test_resolve_start_table(last_event_id: str | None, head: Position, expected: Start) -> None:
     assert resolve_start(last_event_id, head) == expected
+
+
+def test_resolve_start_goes_to_where_the_current_incarnation_began() -> None:
+    # A new epoch that opened at 40 (TTL emptied the log below it): an older
+    # position expired; one at or above 40 belonged to a purged log.
+    assert resolve_start("99999999-3", HEAD, since=40) == Start(
+        Position("0a1b2c3d", 39), reset=ResetReason.HISTORY_EXPIRED
+    )
+    assert resolve_start("99999999-40", HEAD, since=40) == Start(
+        Position("0a1b2c3d", 39), reset=ResetReason.NEW_INCARNATION
+    )
+    assert resolve_start("0", HEAD, since=40) == Start(Position("0a1b2c3d", 39))
+
+
+A, B = "aaaaaaaa", "bbbbbbbb"
+
+
+@pytest.mark.parametrize(
+    ("cursor", "event", "visited", "expected"),
+    [
+        # the next event of the same epoch, or a gap in it
+        (Position(A, 4), (A, 5, 1), {A}, None),
+        (Position(A, 4), (A, 7, 1), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(A, 6))),
+        # a new epoch that began right after the cursor, or after a gap
+        (Position(A, 4), (B, 5, 5), {A}, None),
+        (Position(A, 4), (B, 9, 5), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(B, 8))),
+        (Position(A, 4), (B, 7, 7), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(B, 6))),
+        # the log started over below the cursor: read the new incarnation from its start
+        (
+            Position(A, 4),
+            (B, 5, 1),
+            {A},
+            Step(ResetReason.NEW_INCARNATION, Position(B, 0), rewind=True),
+        ),
+        # ... but never twice into one epoch (a hand-mixed log): say so and go on
+        (Position(B, 4), (A, 5, 1), {A, B}, Step(ResetReason.NEW_INCARNATION, Position(A, 4))),
+        # a reader that came to an empty log
+        (EMPTY, (A, 1, 1), set(), None),
+        (EMPTY, (B, 11, 11), set(), None),
+        (EMPTY, (A, 3, 1), set(), Step(ResetReason.HISTORY_EXPIRED, Position(A, 2))),
+    ],
+)
+def test_step_table(
+    cursor: Position, event: tuple[str, int, int], visited: set[str], expected: Step | None
+) -> None:
+    assert step(cursor, *event, visited) == expected
