@@ -10,12 +10,11 @@ reconnects. The bare id ``0`` means "before the first event" of a channel
 that has none yet.
 
 A reader walks the log in seq order and meets epochs in three ways
-(``step``): a new epoch that began after its position (TTL emptied the log
-and an append opened a new epoch above it: nothing to say unless events were
-missed), one that began at or below its position (the channel was purged and
-started over: go back to where it began, once), or, in a log mixed by a hand
-edit, an epoch it has already been in: say so with a ``reset`` and go on, so
-no reader can loop.
+(``step``): a new epoch that began after its position (the old one expired
+and an append opened a new epoch above it), one that began at or below its
+position (the channel was purged and started over: go back to where it
+began, once), or, in a log mixed by a hand edit, an epoch it has already been
+in: say so with a ``reset`` and go on, so no reader can loop.
 """
 
 from __future__ import annotations
@@ -82,20 +81,22 @@ def resolve_start(last_event_id: str | None, head: Position, since: int = 1) -> 
     requested = parse_event_id(last_event_id)
     if requested is None:
         return Start(head, reset=ResetReason.INVALID_ID)
-    # Where the retained part of the current incarnation begins.
-    beginning = Position(head.epoch, since - 1) if head.epoch is not None else head
     if requested.epoch is None:
-        # The client connected before the channel's first event: everything is new to it.
-        return Start(beginning)
-    if requested.epoch != head.epoch:
-        # Below where the new epoch began, the old one's history expired (TTL emptied
-        # the log); at or above it, the channel was purged and started over.
-        expired = head.epoch is not None and requested.seq < since
-        reason = ResetReason.HISTORY_EXPIRED if expired else ResetReason.NEW_INCARNATION
-        return Start(beginning, reset=reason)
-    if requested.seq > head.seq:
-        return Start(head, reset=ResetReason.AHEAD_OF_LOG)
-    return Start(requested)
+        # The client came before the channel's first event: what the log holds is new
+        # to it (and step() tells it what expired unseen).
+        return Start(EMPTY)
+    if head.epoch is None:
+        return Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED)
+    if requested.epoch == head.epoch:
+        if requested.seq > head.seq:
+            return Start(head, reset=ResetReason.AHEAD_OF_LOG)
+        return Start(requested)
+    if requested.seq < since:
+        # The current epoch began above the position: read on from it, so no live
+        # event in between is skipped; step() says what was lost on the way.
+        return Start(requested)
+    # The channel was purged and started over: its new incarnation is all new.
+    return Start(Position(head.epoch, since - 1), reset=ResetReason.NEW_INCARNATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +112,32 @@ class Step:
 
 
 def step(
-    cursor: Position, epoch: str, seq: int, since: int, visited: AbstractSet[str]
+    cursor: Position,
+    epoch: str,
+    seq: int,
+    since: int,
+    visited: AbstractSet[str],
+    observed_after: Position | None = None,
 ) -> Step | None:
     """What a reader at ``cursor`` does with the next event, ``<epoch>-<seq>`` of an
-    epoch that began at ``since``: None to deliver it as it is. ``visited`` holds
-    the epochs this reader has already been in."""
+    epoch that began at ``since``: None to deliver it as it is.
+
+    ``visited`` holds the epochs this reader has already been in. A new epoch
+    only proves that the previous one's newest surviving item had expired, not
+    where it ended (TTL may have deleted items after it), so a switch to it is
+    announced, unless a feed saw it begin right after ``observed_after`` while
+    polling (an item lives far longer than a poll interval).
+    """
     if cursor.epoch is None:  # the log was empty when the reader came
-        return None if seq == since else Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
-    if epoch == cursor.epoch or since > cursor.seq:
+        if seq == since == 1:
+            return None
+        return Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
+    if epoch == cursor.epoch:
         if seq == cursor.seq + 1:
+            return None
+        return Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
+    if since > cursor.seq:  # a new epoch that began after the reader's position
+        if observed_after == cursor and seq == cursor.seq + 1:
             return None
         return Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
     if epoch not in visited:

@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from gateway.cursor import Position
 from gateway.errors import GatewayError, LogRestarted
 from gateway.items import LogEnd, StoredEvent
 from gateway.store import EventLog, Page
@@ -57,6 +58,11 @@ class ChannelFeed:
         # The buffer holds every unexpired event after this seq.
         self._complete_after = self._scanned_to
         self._end_expires_at = start.expires_at if start else None
+        # New epochs this feed saw begin right after a position it had reached, and
+        # whether the item at its position was live when reached (so nothing after
+        # it had been deleted then, and polls have seen everything since).
+        self._observed_after: dict[str, Position] = {}
+        self._position_proven = start is not None and not store.has_expired(start.expires_at)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -94,6 +100,11 @@ class ChannelFeed:
         if seq < self._complete_after:
             return None
         return self._events[bisect.bisect_right(self._events, seq, key=lambda e: e.seq) :]
+
+    def observed_after(self, epoch: str) -> Position | None:
+        """Where the feed had got to when it saw ``epoch`` begin right after it; no
+        event can have come and gone unseen in between (see ``cursor.step``)."""
+        return self._observed_after.get(epoch)
 
     def wake(self) -> None:
         self._wake.set()
@@ -144,13 +155,16 @@ class ChannelFeed:
             if end is None or end.last == self._scanned_to:
                 return Page([], self._scanned_to, False, end)
         page = await self._store.read_after(self.channel, self._scanned_to)
-        prior = self._scanned_to
-        for event in page.events:
+        prior, proven = self._scanned_to, self._position_proven
+        for event in page.events:  # live events only: each proves its item existed
             if event.epoch != self.epoch:
                 if self.epoch is not None and event.since <= prior:
                     raise LogRestarted(f"channel {self.channel!r} started its log over")
+                if self.epoch is not None and proven and event.since == prior + 1:
+                    self._observed_after[event.epoch] = Position(self.epoch, prior)
                 self.epoch = event.epoch
-            prior = event.seq
+            prior, proven = event.seq, True
+        self._position_proven = proven and prior == page.scanned_to
         return page
 
     def _buffer(self, events: list[StoredEvent]) -> None:

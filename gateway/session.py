@@ -68,12 +68,13 @@ class _Reader:
         self.aligned = aligned  # scanned_to ends an item (see EventLog.read_after)
         self._visited = {cursor.epoch} if cursor.epoch is not None else set()
 
-    def frames(self, events: list[StoredEvent]) -> list[bytes]:
+    def frames(self, events: list[StoredEvent], feed: ChannelFeed | None) -> list[bytes]:
         frames: list[bytes] = []
         for event in events:
             cursor = self.cursor
             if event.epoch != cursor.epoch or event.seq != cursor.seq + 1:
-                action = step(cursor, event.epoch, event.seq, event.since, self._visited)
+                observed = feed.observed_after(event.epoch) if feed is not None else None
+                action = step(cursor, event.epoch, event.seq, event.since, self._visited, observed)
                 self._visited.add(event.epoch)
                 if action is not None:
                     frames.append(
@@ -110,7 +111,7 @@ async def event_stream(
         if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
             # The newest item holds all there is after the cursor: no read needed.
             reader = _Reader(cursor, head.seq, aligned=True)
-            if frames := reader.frames(store.live_events(newest, cursor.seq)):
+            if frames := reader.frames(store.live_events(newest, cursor.seq), None):
                 yield b"".join(frames)
         else:
             reader = _Reader(cursor, cursor.seq, aligned=False)
@@ -144,7 +145,7 @@ async def _tail(
             if events:
                 reader.scanned_to = events[-1].seq
         if events:
-            yield b"".join(reader.frames(events))
+            yield b"".join(reader.frames(events, feed))
             next_heartbeat = clock() + timing.heartbeat_seconds
         if progressed:
             continue

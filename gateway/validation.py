@@ -9,6 +9,7 @@ the signal that tells clients their position was lost.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,10 +59,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a double")
+    return value
+
+
 def parse_json_body(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no NaN or Infinity, nesting bounded by the parser."""
+    """Strict JSON: UTF-8 only, no NaN or Infinity (nor numbers that overflow to
+    them), nesting bounded by the parser."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError as exc:
         raise InvalidInput("request body is not valid UTF-8", code="invalid_json") from exc
     except RecursionError as exc:
@@ -107,7 +118,14 @@ def new_events(
             raise InvalidInput(
                 f"{where}.event: {parsed.event!r} is reserved by the gateway", code="invalid_event"
             )
-        data = json.dumps(parsed.data, ensure_ascii=False, separators=(",", ":"))
+        try:
+            data = json.dumps(
+                parsed.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except ValueError as exc:
+            raise InvalidInput(
+                f"{where}.data holds NaN or Infinity, which JSON cannot carry", code="invalid_event"
+            ) from exc
         try:
             size = len(data.encode())
         except UnicodeEncodeError as exc:

@@ -7,14 +7,16 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from gateway.cursor import parse_event_id
+from gateway.items import Batch, StoredEvent, batch_item
 from tests.eventstream import read_session
 from tests.servers import FaultProxy, GatewayServer, publish
-from tests.tables import delete_items
+from tests.tables import delete_items, put_raw_items
 
 StartGateway = Callable[..., GatewayServer]
 
@@ -115,3 +117,55 @@ async def test_a_session_ends_with_retry_by_its_deadline_when_dynamodb_hangs(
         # Correctness, not speed: the session's own deadline bounds every store call.
         assert time.monotonic() - started < 1.5 + 1.0
         assert (session.status, session.events, session.retry) == (200, [], 50)
+
+
+def _hand_written(channel: str, epoch: str, since: int, seq: int, data: str) -> dict[str, Any]:
+    event = StoredEvent(epoch, seq, json.dumps(data), since=since)
+    return batch_item(channel, Batch((event,), int(time.time()) + 3600, f"hand-{seq}"))
+
+
+async def test_a_log_mixed_by_a_hand_edit_is_delivered_without_a_reconnect_loop(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=1.0)
+    a, b = "aaaaaaaa", "bbbbbbbb"
+    await put_raw_items(
+        server.settings,
+        [
+            _hand_written("c", a, 1, 1, "a1"),
+            _hand_written("c", b, 2, 2, "b2"),
+            _hand_written("c", a, 1, 3, "a3"),  # epoch a again, as no writer of ours does
+            _hand_written("c", b, 2, 4, "b4"),
+        ],
+    )
+    url = f"{server.url}/channels/c/events"
+    for last_event_id in ("0", f"{a}-1", f"{b}-2", "garbage"):
+        session = await read_session(http, url, last_event_id=last_event_id)
+        assert session.retry == 50  # the session ran to its deadline
+        assert session.last_event_id == f"{b}-4", (last_event_id, session.events)
+        if last_event_id != "garbage":  # which starts at the head: nothing to replay
+            assert session.events[-1].data == '"b4"'
+            assert "reset" in [e.type for e in session.events]
+        # Where it ended is where it stays: the next session has nothing left to send.
+        started = time.monotonic()
+        after = await read_session(http, url, last_event_id=session.last_event_id)
+        assert (after.events, after.retry) == ([], 50)
+        assert time.monotonic() - started > 0.5  # it ran, rather than ending at once
+
+
+async def test_a_live_session_follows_a_new_epoch_it_saw_begin_without_a_reset(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(retention_seconds=2, max_session_seconds=8)
+    url = f"{server.url}/channels/c/events"
+    (old,) = await publish(http, server.url, "c", {"data": "old"})
+    live = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))
+    await asyncio.sleep(2.5)  # the channel sat idle past its retention
+    (new,) = await publish(http, server.url, "c", {"data": "new"})
+    assert new.endswith("-2") and new.split("-")[0] != old.split("-")[0]  # a new epoch
+    session = await asyncio.wait_for(live, 10)
+    assert [(e.type, e.last_event_id) for e in session.events] == [("message", new)]
+    # No feed watched the switch for a client that comes back later: it is told.
+    resumed = await read_session(http, url, last_event_id=old, stop=lambda events: len(events) == 2)
+    assert [(e.type, e.last_event_id) for e in resumed.events][1:] == [("message", new)]
+    assert json.loads(resumed.events[0].data)["reason"] == "history_expired"
