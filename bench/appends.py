@@ -55,7 +55,7 @@ async def main() -> None:
             httpx.AsyncClient(limits=httpx.Limits(max_connections=16)) as http,
         ):
             await ensure_table(client, settings.table_name)
-            log = EventLog(client, settings.table_name, retention_seconds=3600)
+            log = EventLog.for_settings(client, settings)
             with gateway(moto.url, table_name=settings.table_name) as target:
                 paths: dict[str, Callable[[str], Append]] = {
                     "HTTP POST to the gateway": lambda channel: (

@@ -37,8 +37,8 @@ async def measure(
         open_dynamodb(settings, local_session()) as writer_client,
     ):
         await ensure_table(client, settings.table_name)
-        store = EventLog(client, settings.table_name, retention_seconds=3600)
-        writer = EventLog(writer_client, settings.table_name, retention_seconds=3600)
+        store = EventLog.for_settings(client, settings)
+        writer = EventLog.for_settings(writer_client, settings)
         channel = f"q-{time.monotonic_ns()}"
 
         def new_hub() -> ChannelHub:

@@ -72,7 +72,7 @@ async def serve(
     async with open_dynamodb(settings, session) as client:
         if create_table and await ensure_table(client, settings.table_name):
             logger.info("created table %s", settings.table_name)
-        store = EventLog(client, settings.table_name, retention_seconds=settings.retention_seconds)
+        store = EventLog.for_settings(client, settings)
         app = create_app(settings, store)
         config = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS

@@ -87,5 +87,5 @@ async def open_publisher(
     settings: Settings, session: aioboto3.Session | None = None
 ) -> AsyncIterator[Publisher]:
     async with open_dynamodb(settings, session) as client:
-        store = EventLog(client, settings.table_name, retention_seconds=settings.retention_seconds)
+        store = EventLog.for_settings(client, settings)
         yield Publisher(store, settings)

@@ -81,6 +81,28 @@ class Settings(BaseSettings):
             raise ValueError(f"{ENV_PREFIX}AUTH_SECRET must be at least 32 characters")
         return self
 
+    @property
+    def write_window_seconds(self) -> float:
+        """The longest a write to DynamoDB can take to land: every attempt's connect and
+        read timeouts, plus botocore's standard-mode backoff between attempts (under
+        2**n seconds before retry n + 1, at most 20)."""
+        backoff = sum(min(2.0**n, 20.0) for n in range(self.dynamodb_max_attempts - 1))
+        return self.dynamodb_max_attempts * 2 * self.dynamodb_timeout_seconds + backoff
+
+    @model_validator(mode="after")
+    def _retention_outlasts_a_write(self) -> Self:
+        # An append decided while its predecessor was live could otherwise land after
+        # TTL deleted the items around it, and reuse an id (see gateway/items.py).
+        if self.retention_seconds <= self.write_window_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}RETENTION_SECONDS ({self.retention_seconds}) must be longer than "
+                f"the {self.write_window_seconds:g} s a write can take to land with "
+                f"{ENV_PREFIX}DYNAMODB_MAX_ATTEMPTS={self.dynamodb_max_attempts} and "
+                f"{ENV_PREFIX}DYNAMODB_TIMEOUT_SECONDS={self.dynamodb_timeout_seconds:g}: "
+                "raise the retention or lower those"
+            )
+        return self
+
     @model_validator(mode="after")
     def _poll_bounds_ordered(self) -> Self:
         if self.poll_min_seconds > self.poll_max_seconds:

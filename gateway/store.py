@@ -53,6 +53,7 @@ from gateway.items import (
     request_digest,
     stored_events,
 )
+from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -62,9 +63,6 @@ if TYPE_CHECKING:
 _PROBES_BEFORE_REQUERY = 4
 _MAX_CONFLICTS = 64
 _MAX_WRITER_STATES = 10_000
-# A cached log end is trusted until this close to its expiry (bounded by a
-# quarter of the retention for short test retentions): covers clock skew.
-_EXPIRY_MARGIN_SECONDS = 60.0
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -137,21 +135,42 @@ def _translated(table_name: str) -> Iterator[None]:
 
 
 class EventLog:
+    """The log of every channel in one table.
+
+    ``write_window_seconds`` is the longest a write can take to land. A cached
+    log end is trusted only while it is further than that from its expiry: TTL
+    cannot have deleted it, nor anything after it, before this process's next
+    write lands (``Settings`` keeps the retention longer than the window).
+    """
+
     def __init__(
         self,
         client: DynamoDBClient,
         table_name: str,
         *,
         retention_seconds: int,
+        write_window_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._table = table_name
         self._retention = retention_seconds
+        self._write_window = write_window_seconds
         self._clock = clock
-        self._expiry_margin = min(_EXPIRY_MARGIN_SECONDS, retention_seconds / 4)
         self._writers: dict[str, _WriterState] = {}
         self.stats = StoreStats()
+
+    @classmethod
+    def for_settings(
+        cls, client: DynamoDBClient, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> EventLog:
+        return cls(
+            client,
+            settings.table_name,
+            retention_seconds=settings.retention_seconds,
+            write_window_seconds=settings.write_window_seconds,
+            clock=clock,
+        )
 
     async def last_batch(self, channel: str) -> Batch | None:
         """The channel's newest item, expired or not; None when it has none."""
@@ -233,7 +252,7 @@ class EventLog:
         state: _WriterState,
     ) -> Appended:
         end = state.end
-        if end is None or not end.trusted(self._clock(), self._expiry_margin):
+        if end is None or not end.trusted(self._clock(), self._write_window):
             end = await self._log_end(channel)
         write_id = uuid.uuid4().hex
         digest = request_digest(events) if idempotency_key is not None else None

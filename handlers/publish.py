@@ -57,7 +57,7 @@ class PublishFunction:
         client = self._loop.run_until_complete(
             self._resources.enter_async_context(open_dynamodb(settings))
         )
-        store = EventLog(client, settings.table_name, retention_seconds=settings.retention_seconds)
+        store = EventLog.for_settings(client, settings)
         app = create_app(settings, store, subscribe=False)
         return Mangum(
             InvocationDeadline(app, settings.lambda_deadline_margin_seconds),

@@ -123,9 +123,7 @@ async def run(runtime_api: str) -> None:
         try:
             settings = load_settings()
             client = await stack.enter_async_context(open_dynamodb(settings))
-            store = EventLog(
-                client, settings.table_name, retention_seconds=settings.retention_seconds
-            )
+            store = EventLog.for_settings(client, settings)
             app = create_app(settings, store, publish=False)
         except Exception as exc:
             kind = "ConfigurationError" if isinstance(exc, SettingsError) else "InitError"

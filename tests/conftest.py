@@ -71,13 +71,7 @@ def open_log(
         async with open_dynamodb(settings, local_session()) as client:
             if create_table:
                 await ensure_table(client, settings.table_name)
-            extra = {"clock": clock} if clock else {}
-            yield EventLog(
-                client,
-                settings.table_name,
-                retention_seconds=settings.retention_seconds,
-                **extra,
-            )
+            yield EventLog.for_settings(client, settings, **({"clock": clock} if clock else {}))
 
     return open_
 

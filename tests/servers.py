@@ -80,9 +80,7 @@ class GatewayServer:
         self._loop = asyncio.get_running_loop()
         async with open_dynamodb(self.settings, local_session()) as client:
             await ensure_table(client, self.settings.table_name)
-            self.store = EventLog(
-                client, self.settings.table_name, retention_seconds=self.settings.retention_seconds
-            )
+            self.store = EventLog.for_settings(client, self.settings)
             self.app = create_app(self.settings, self.store)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
@@ -148,6 +146,10 @@ class FaultProxy:
     def drop_response_once(self, operation: str) -> None:
         """The next ``operation`` reaches DynamoDB, but its answer is lost on the way back."""
         self._drop_next.append(operation)
+
+    @property
+    def drops_pending(self) -> int:
+        return len(self._drop_next)
 
     def throttle(self, operation: str, times: int) -> None:
         """The next ``times`` ``operation`` requests get DynamoDB's throttling answer."""

@@ -42,3 +42,9 @@ async def put_raw_items(settings: Settings, items: Iterable[dict[str, Any]]) -> 
     async with open_dynamodb(settings, local_session()) as client:
         for item in items:
             await client.put_item(TableName=settings.table_name, Item=item)
+
+
+# Settings under which events expire within a test: 2 s of retention (expiry has
+# whole-second granularity, so an event lives 1-2 s), and a DynamoDB retry budget
+# short enough for it (a retention must outlast the longest write).
+FAST_EXPIRY = {"retention_seconds": 2, "dynamodb_max_attempts": 1, "dynamodb_timeout_seconds": 0.5}

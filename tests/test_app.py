@@ -16,6 +16,7 @@ from gateway.validation import parse_json_body
 from tests.eventstream import read_session
 from tests.servers import GatewayServer
 from tests.strategies import bodies
+from tests.tables import FAST_EXPIRY
 
 StartGateway = Callable[..., GatewayServer]
 
@@ -208,9 +209,7 @@ async def test_subscribe_answers_a_lost_position_with_a_reset_event(
 async def test_subscribe_resets_when_history_expired(
     gateway: StartGateway, http: httpx.AsyncClient
 ) -> None:
-    # Expiry has whole-second granularity: with 2 s of retention, the old events are
-    # gone after 3.1 s and the new one lives for at least another second.
-    server = gateway(max_session_seconds=5, retention_seconds=2)
+    server = gateway(max_session_seconds=5, **FAST_EXPIRY)
     old = await _publish(http, server, "c", {"events": [{"data": 1}, {"data": 2}]})
     await asyncio.sleep(3.1)
     new = await _publish(http, server, "c", {"data": 3})

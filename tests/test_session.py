@@ -16,7 +16,7 @@ from gateway.cursor import parse_event_id
 from gateway.items import Batch, StoredEvent, batch_item
 from tests.eventstream import read_session
 from tests.servers import FaultProxy, GatewayServer, publish
-from tests.tables import delete_items, put_raw_items
+from tests.tables import FAST_EXPIRY, delete_items, put_raw_items
 
 StartGateway = Callable[..., GatewayServer]
 
@@ -25,13 +25,11 @@ StartGateway = Callable[..., GatewayServer]
 async def test_ttl_deleting_the_newest_items_first_never_reuses_an_id(
     gateway: StartGateway, http: httpx.AsyncClient, resume_from: int
 ) -> None:
-    # Expiry has whole-second granularity: with 2 s of retention, events are
-    # expired 2.1 s later, and new ones live for at least another second.
-    server = gateway(retention_seconds=2, max_session_seconds=3)
+    server = gateway(**FAST_EXPIRY, max_session_seconds=3)
     old = [(await publish(http, server.url, "c", {"data": i}))[0] for i in range(1, 6)]
     await asyncio.sleep(2.1)
     await delete_items(server.settings, "c", [5, 4])  # TTL's order is any order
-    other = gateway(retention_seconds=2)  # a process that never cached the head
+    other = gateway(**FAST_EXPIRY)  # a process that never cached the head
     new = await publish(http, other.url, "c", {"events": [{"data": "x"}, {"data": "y"}]})
     assert not set(new) & set(old), (old, new)
 
@@ -156,7 +154,7 @@ async def test_a_log_mixed_by_a_hand_edit_is_delivered_without_a_reconnect_loop(
 async def test_a_live_session_follows_a_new_epoch_it_saw_begin_without_a_reset(
     gateway: StartGateway, http: httpx.AsyncClient
 ) -> None:
-    server = gateway(retention_seconds=2, max_session_seconds=8)
+    server = gateway(**FAST_EXPIRY, max_session_seconds=8)
     url = f"{server.url}/channels/c/events"
     (old,) = await publish(http, server.url, "c", {"data": "old"})
     live = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))

@@ -87,3 +87,15 @@ def test_settings_auth_and_cors_from_the_environment(monkeypatch: pytest.MonkeyP
     assert "s" * 32 not in repr(settings)  # the secret never prints
     assert settings.cors_allowed_origins == ["https://a.example", "https://b.example"]
     assert not Settings(auth_secret=None).auth_enabled
+
+
+def test_retention_must_outlast_the_longest_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 attempts x (5 s connect + 5 s read) + backoff of 1 + 2 + 4 + 8 s.
+    assert load_settings().write_window_seconds == 65
+    monkeypatch.setenv("SSE_GATEWAY_RETENTION_SECONDS", "60")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    for variable in ("RETENTION_SECONDS", "DYNAMODB_MAX_ATTEMPTS", "DYNAMODB_TIMEOUT_SECONDS"):
+        assert f"SSE_GATEWAY_{variable}" in raised.value.message
+    monkeypatch.setenv("SSE_GATEWAY_DYNAMODB_MAX_ATTEMPTS", "2")
+    assert load_settings().retention_seconds == 60  # 2 x 10 s + 1 s of backoff fits

@@ -122,11 +122,11 @@ async def test_append_recognises_its_own_write_after_a_lost_response(
 
 async def test_read_after_filters_expired_events(open_log: OpenLog) -> None:
     now = [1_000_000.0]
-    async with open_log(clock=lambda: now[0], retention_seconds=60) as log:
+    async with open_log(clock=lambda: now[0], retention_seconds=600) as log:
         await _append(log, "c", 1, 2)
-        now[0] += 30
+        now[0] += 300
         await _append(log, "c", 3)
-        now[0] += 40  # 1 and 2 expired, 3 has not
+        now[0] += 400  # 1 and 2 expired, 3 has not
         page = await log.read_after("c", 0)
         assert [e.seq for e in page.events] == [3]
         assert page.scanned_to == 3
@@ -171,11 +171,11 @@ async def test_a_cached_head_is_not_trusted_once_its_item_may_be_gone(
 ) -> None:
     now = [1_000_000.0]
     async with (
-        open_log(clock=lambda: now[0], retention_seconds=60) as mine,
-        open_log(clock=lambda: now[0], retention_seconds=60) as other,
+        open_log(clock=lambda: now[0], retention_seconds=600) as mine,
+        open_log(clock=lambda: now[0], retention_seconds=600) as other,
     ):
         old = [(await _append(mine, "c", i))[0] for i in range(3)]  # mine caches A-3
-        now[0] += 120
+        now[0] += 700
         await delete_items(make_settings(), "c", [2, 3, 1])  # TTL removed them all
         (restarted,) = await _append(other, "c", "b")  # a new epoch B at 1
         (appended,) = await _append(mine, "c", "a")
@@ -190,11 +190,11 @@ async def test_after_ttl_deleted_the_newest_items_appends_open_a_new_epoch_above
     open_log: OpenLog, make_settings: Callable[..., Settings]
 ) -> None:
     now = [1_000_000.0]
-    async with open_log(clock=lambda: now[0], retention_seconds=60) as log:
+    async with open_log(clock=lambda: now[0], retention_seconds=600) as log:
         old = [(await _append(log, "c", i))[0] for i in range(5)]
-        now[0] += 61  # all five expired
+        now[0] += 601  # all five expired
         await delete_items(make_settings(), "c", [5, 4])  # TTL deletes in any order
-        async with open_log(clock=lambda: now[0], retention_seconds=60) as fresh_process:
+        async with open_log(clock=lambda: now[0], retention_seconds=600) as fresh_process:
             new = await _append(fresh_process, "c", "x", "y")
         again = await _append(log, "c", "z")  # a process whose cached head is expired
     old_ids = {e.event_id for e in old}
@@ -208,8 +208,8 @@ async def test_expiry_never_decreases_with_seq_whatever_the_writers_clocks(
     open_log: OpenLog, make_settings: Callable[..., Settings]
 ) -> None:
     async with (
-        open_log(clock=lambda: 1_000_000.0, retention_seconds=60) as ahead,
-        open_log(clock=lambda: 999_000.0, retention_seconds=60) as behind,
+        open_log(clock=lambda: 1_000_000.0, retention_seconds=600) as ahead,
+        open_log(clock=lambda: 999_000.0, retention_seconds=600) as behind,
     ):
         await _append(ahead, "c", 1)
         await _append(behind, "c", 2)  # loses seq 1 to ahead, then writes 2
@@ -217,7 +217,7 @@ async def test_expiry_never_decreases_with_seq_whatever_the_writers_clocks(
     items = await raw_items(make_settings(), "c")
     expiries = [int(item["expires_at"]["N"]) for item in items]
     assert [int(item["seq"]["N"]) for item in items] == [1, 2, 3]
-    assert expiries == sorted(expiries) and expiries[0] == 1_000_060
+    assert expiries == sorted(expiries) and expiries[0] == 1_000_600
 
 
 async def test_a_batch_is_one_item_and_a_cursor_inside_it_resumes_within_it(
@@ -258,9 +258,9 @@ async def test_an_idempotency_key_stores_events_once_and_answers_the_original_id
 
 async def test_an_idempotency_record_expires_with_its_events(open_log: OpenLog) -> None:
     now = [1_000_000.0]
-    async with open_log(clock=lambda: now[0], retention_seconds=60) as log:
+    async with open_log(clock=lambda: now[0], retention_seconds=600) as log:
         first = await log.append("c", _events(1), idempotency_key="k")
-        now[0] += 61  # TTL has not deleted the record yet, but it has expired
+        now[0] += 601  # TTL has not deleted the record yet, but it has expired
         later = await log.append("c", _events(2), idempotency_key="k")
         assert not later.replayed
         assert later.events[0].event_id != first.events[0].event_id
