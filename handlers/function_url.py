@@ -47,6 +47,8 @@ def to_asgi(event: Any, *, deadline: float | None = None) -> tuple[dict[str, Any
     if cookies:
         headers["cookie"] = "; ".join(str(c) for c in cookies)
     body = event.get("body") or ""
+    if not isinstance(body, str):
+        raise InvalidEvent("the body is not a string")
     try:
         raw_body = (
             base64.b64decode(body, validate=True) if event.get("isBase64Encoded") else body.encode()

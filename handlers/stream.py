@@ -83,9 +83,8 @@ class _AsgiInvocation:
             # The status and headers go out at once, as an HTTP server sends them: a
             # resumed session may have no byte of body to send for a while.
             self.status = int(message["status"])
-            headers = list(message.get("headers", []))
             self.stream = await self._runtime.start_stream(
-                self._request_id, prelude(self.status, headers)
+                self._request_id, prelude(self.status, message.get("headers", []))
             )
         elif message["type"] == "http.response.body" and not self.finished.is_set():
             if self.stream is None:

@@ -96,7 +96,10 @@ def test_to_asgi_decodes_a_base64_body_and_refuses_a_false_one() -> None:
         to_asgi(event)
 
 
-@pytest.mark.parametrize("event", [[], {"rawPath": "/"}, {"requestContext": {}}])
+@pytest.mark.parametrize(
+    "event",
+    [[], {"rawPath": "/"}, {"requestContext": {}}, {**load_event("healthz"), "body": {"a": 1}}],
+)
 def test_to_asgi_refuses_what_is_not_a_function_url_event(event: Any) -> None:
     with pytest.raises(InvalidEvent):
         to_asgi(event)
