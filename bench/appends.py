@@ -19,8 +19,9 @@ import httpx
 
 from bench.common import gateway, moto_server, write_result
 from gateway.dynamodb import open_dynamodb
+from gateway.items import NewEvent
 from gateway.settings import Settings
-from gateway.store import EventLog, NewEvent
+from gateway.store import EventLog
 from infra.local import local_session
 from infra.table import ensure_table
 

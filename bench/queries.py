@@ -21,9 +21,10 @@ import time
 from bench.common import moto_server, write_result
 from gateway.dynamodb import open_dynamodb
 from gateway.hub import ChannelHub
+from gateway.items import NewEvent
 from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
-from gateway.store import EventLog, NewEvent
+from gateway.store import EventLog
 from infra.local import local_session
 from infra.table import ensure_table
 

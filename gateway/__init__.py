@@ -4,6 +4,7 @@ from gateway.app import create_app
 from gateway.errors import (
     Forbidden,
     GatewayError,
+    IdempotencyKeyReused,
     InvalidInput,
     PayloadTooLarge,
     SettingsError,
@@ -12,14 +13,16 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from gateway.items import NewEvent, StoredEvent
 from gateway.publisher import Publisher, open_publisher
 from gateway.settings import Settings, load_settings
-from gateway.store import EventLog, NewEvent, StoredEvent
+from gateway.store import EventLog
 
 __all__ = [
     "EventLog",
     "Forbidden",
     "GatewayError",
+    "IdempotencyKeyReused",
     "InvalidInput",
     "NewEvent",
     "PayloadTooLarge",

@@ -6,6 +6,7 @@ the same app serves under uvicorn, the Lambda streaming runtime and Mangum.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,11 +35,19 @@ from gateway.publisher import Publisher
 from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
 from gateway.store import EventLog
-from gateway.validation import check_channel, events_from_body, parse_json_body
+from gateway.validation import (
+    check_channel,
+    check_idempotency_key,
+    events_from_body,
+    parse_json_body,
+)
 
 # The key under ``scope["extensions"]`` where a host passes a hard deadline for
-# sessions, as a ``time.monotonic()`` value.
+# a request (a session ends by it, a publish answers by it), as a
+# ``time.monotonic()`` value.
 DEADLINE_EXTENSION = "sse_gateway.deadline"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 logger = logging.getLogger(__name__)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -59,6 +68,12 @@ async def read_capped_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
+
+
+def host_deadline(request: Request) -> float | None:
+    """The deadline a host (the Lambda handlers) passed for this request, if any."""
+    deadline = request.scope.get("extensions", {}).get(DEADLINE_EXTENSION)
+    return float(deadline) if deadline is not None else None
 
 
 def create_app(
@@ -91,10 +106,8 @@ def create_app(
             "last_event_id"
         )
         deadline = time.monotonic() + settings.max_session_seconds
-        # A host with its own deadline (the Lambda runtime loop) passes it in the scope.
-        host_deadline = request.scope.get("extensions", {}).get(DEADLINE_EXTENSION)
-        if host_deadline is not None:
-            deadline = min(deadline, float(host_deadline))
+        if (hard_deadline := host_deadline(request)) is not None:
+            deadline = min(deadline, hard_deadline)
         timing = SessionTiming(
             deadline=deadline,
             heartbeat_seconds=settings.heartbeat_seconds,
@@ -106,6 +119,9 @@ def create_app(
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
         authorize(request, Action.PUBLISH, channel)
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+        if key is not None:
+            check_idempotency_key(key)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
@@ -115,8 +131,19 @@ def create_app(
             max_event_bytes=settings.max_event_bytes,
             max_batch_events=settings.max_batch_events,
         )
-        stored = await publisher.append(channel, events)
-        return JSONResponse({"ids": [event.event_id for event in stored]}, status_code=201)
+        deadline = host_deadline(request)
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                appended = await publisher.append(channel, events, idempotency_key=key)
+        except (StoreUnavailable, TimeoutError) as exc:
+            cause = exc.message if isinstance(exc, StoreUnavailable) else "DynamoDB did not answer"
+            raise StoreUnavailable(
+                f"{cause}. The publish may or may not be stored: publish again with the same "
+                f"{IDEMPOTENCY_KEY_HEADER} header to store it exactly once"
+            ) from exc
+        headers = {REPLAYED_HEADER: "true"} if appended.replayed else {}
+        ids = [event.event_id for event in appended.events]
+        return JSONResponse({"ids": ids}, status_code=201, headers=headers)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -159,7 +186,14 @@ def create_app(
                 # Cookie auth needs credentials, which browsers refuse with a wildcard.
                 allow_credentials="*" not in settings.cors_allowed_origins,
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type", "last-event-id", "cache-control"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "last-event-id",
+                    "cache-control",
+                    IDEMPOTENCY_KEY_HEADER.lower(),
+                ],
+                expose_headers=[REPLAYED_HEADER],
                 max_age=86400,
             )
         )

@@ -8,12 +8,20 @@ means another event. Ids use only ``[0-9a-z-]`` and stay far below 128 bytes,
 which keeps ``Last-Event-ID`` a CORS-safelisted header for cross-origin
 reconnects. The bare id ``0`` means "before the first event" of a channel
 that has none yet.
+
+A reader walks the log in seq order and meets epochs in three ways
+(``step``): a new epoch that began after its position (the old one expired
+and an append opened a new epoch above it), one that began at or below its
+position (the channel was purged and started over: go back to where it
+began, once), or, in a log mixed by a hand edit, an epoch it has already been
+in: say so with a ``reset`` and go on, so no reader can loop.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -65,18 +73,73 @@ class Start:
     reset: ResetReason | None = None
 
 
-def resolve_start(last_event_id: str | None, head: Position) -> Start:
-    """Decide the start cursor for a subscription given the channel's current head."""
+def resolve_start(last_event_id: str | None, head: Position, since: int = 1) -> Start:
+    """The start cursor of a subscription, given the channel's newest position
+    ``head`` and the first seq of its epoch, ``since``."""
     if last_event_id is None:
         return Start(head, fresh=True)
     requested = parse_event_id(last_event_id)
     if requested is None:
         return Start(head, reset=ResetReason.INVALID_ID)
     if requested.epoch is None:
-        # The client connected before the channel's first event: everything is new to it.
-        return Start(Position(head.epoch, 0))
-    if requested.epoch != head.epoch:
-        return Start(Position(head.epoch, 0), reset=ResetReason.NEW_INCARNATION)
-    if requested.seq > head.seq:
-        return Start(head, reset=ResetReason.AHEAD_OF_LOG)
-    return Start(requested)
+        # The client came before the channel's first event: what the log holds is new
+        # to it (and step() tells it what expired unseen).
+        return Start(EMPTY)
+    if head.epoch is None:
+        return Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED)
+    if requested.epoch == head.epoch:
+        if requested.seq > head.seq:
+            return Start(head, reset=ResetReason.AHEAD_OF_LOG)
+        return Start(requested)
+    if requested.seq < since:
+        # The current epoch began above the position: read on from it, so no live
+        # event in between is skipped; step() says what was lost on the way.
+        return Start(requested)
+    # The channel was purged and started over: its new incarnation is all new.
+    return Start(Position(head.epoch, since - 1), reset=ResetReason.NEW_INCARNATION)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A reader at a cursor cannot simply deliver the next event: it tells the
+    client its position was lost (``reset``), continuing after ``continues_after``;
+    with ``rewind``, it reads again from there instead of delivering the event (the
+    log started over below the cursor)."""
+
+    reset: ResetReason
+    continues_after: Position
+    rewind: bool = False
+
+
+def step(
+    cursor: Position,
+    epoch: str,
+    seq: int,
+    since: int,
+    visited: AbstractSet[str],
+    observed_after: Position | None = None,
+) -> Step | None:
+    """What a reader at ``cursor`` does with the next event, ``<epoch>-<seq>`` of an
+    epoch that began at ``since``: None to deliver it as it is.
+
+    ``visited`` holds the epochs this reader has already been in. A new epoch
+    only proves that the previous one's newest surviving item had expired, not
+    where it ended (TTL may have deleted items after it), so a switch to it is
+    announced, unless a feed saw it begin right after ``observed_after`` while
+    polling (an item lives far longer than a poll interval).
+    """
+    if cursor.epoch is None:  # the log was empty when the reader came
+        if seq == since == 1:
+            return None
+        return Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
+    if epoch == cursor.epoch:
+        if seq == cursor.seq + 1:
+            return None
+        return Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
+    if since > cursor.seq:  # a new epoch that began after the reader's position
+        if observed_after == cursor and seq == cursor.seq + 1:
+            return None
+        return Step(ResetReason.HISTORY_EXPIRED, Position(epoch, seq - 1))
+    if epoch not in visited:
+        return Step(ResetReason.NEW_INCARNATION, Position(epoch, since - 1), rewind=True)
+    return Step(ResetReason.NEW_INCARNATION, Position(epoch, seq - 1))

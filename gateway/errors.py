@@ -34,6 +34,13 @@ class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """An ``Idempotency-Key`` already stands for other events on this channel: 422."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
 class UnsupportedMediaType(InvalidInput):
     status_code = 415
     code = "unsupported_media_type"
@@ -58,6 +65,11 @@ class StoreUnavailable(GatewayError):
 
     status_code = 503
     code = "store_unavailable"
+
+
+class LogRestarted(GatewayError):
+    """A channel's log started over below a shared feed's position: its sessions end
+    with ``retry:`` and their reconnects resolve against the new log."""
 
 
 class StoreMisconfigured(GatewayError):

@@ -7,6 +7,15 @@ resume, or a slow client that fell behind), so no subscriber can make the
 process buffer without bound. Polling adapts: fast right after activity,
 backing off to the maximum interval when idle; a publish through the same
 process wakes the loop at once.
+
+A feed follows its log forward only. A new epoch that begins after its
+position is buffered like any event (sessions see the switch in-band). When
+the log starts over below its position (a purge; or TTL deleted the newest
+items of an idle channel, so the next append opened an epoch below the feed),
+the feed ends its sessions with ``retry:`` and the reconnects resolve their
+position against the new head. The second case cannot show in ``seq >
+scanned_to`` polls, so once the feed's newest item has expired it polls the
+head instead, which costs the same for an item of up to 4 KB.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.cursor import Position
-from gateway.errors import GatewayError
-from gateway.store import EventLog, StoredEvent
+from gateway.errors import GatewayError, LogRestarted
+from gateway.items import LogEnd, StoredEvent
+from gateway.store import EventLog, Page
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +39,14 @@ class ChannelFeed:
         self,
         channel: str,
         store: EventLog,
-        start: Position,
+        start: LogEnd | None,
         *,
         poll_min_seconds: float,
         poll_max_seconds: float,
         buffer_events: int,
     ) -> None:
         self.channel = channel
-        self.epoch = start.epoch
+        self.epoch = start.epoch if start else None
         self.subscribers = 0
         self.failure: GatewayError | None = None
         self._store = store
@@ -44,8 +54,15 @@ class ChannelFeed:
         self._poll_max = poll_max_seconds
         self._buffer_events = buffer_events
         self._events: list[StoredEvent] = []
-        self._complete_after = start.seq  # the buffer holds every unexpired event after this seq
-        self._scanned_to = start.seq
+        self._scanned_to = start.last if start else 0
+        # The buffer holds every unexpired event after this seq.
+        self._complete_after = self._scanned_to
+        self._end_expires_at = start.expires_at if start else None
+        # New epochs this feed saw begin right after a position it had reached, and
+        # whether the item at its position was live when reached (so nothing after
+        # it had been deleted then, and polls have seen everything since).
+        self._observed_after: dict[str, Position] = {}
+        self._position_proven = start is not None and not store.has_expired(start.expires_at)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -55,21 +72,39 @@ class ChannelFeed:
 
     def stop(self, reason: GatewayError | None = None) -> None:
         """Stop polling; with a ``reason``, the feed's sessions end (with ``retry:``) too."""
-        if reason is not None and self.failure is None:
-            self.failure = reason
-            self._publish()
+        if reason is not None:
+            self._fail(reason)
         if self._task is not None:
             self._task.cancel()
+
+    def _fail(self, reason: GatewayError) -> None:
+        if self.failure is None:
+            self.failure = reason
+            self._publish()
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def serves(self, head: LogEnd | None) -> bool:
+        """Whether a session that found ``head`` can follow this feed: its log has not
+        started over below the feed's position."""
+        if head is None:
+            return self._scanned_to == 0
+        if head.epoch == self.epoch:
+            return head.last >= self._scanned_to
+        return head.since > self._scanned_to
 
     def after(self, seq: int) -> list[StoredEvent] | None:
         """Buffered events after ``seq``; None when ``seq`` is older than the buffer."""
         if seq < self._complete_after:
             return None
         return self._events[bisect.bisect_right(self._events, seq, key=lambda e: e.seq) :]
+
+    def observed_after(self, epoch: str) -> Position | None:
+        """Where the feed had got to when it saw ``epoch`` begin right after it; no
+        event can have come and gone unseen in between (see ``cursor.step``)."""
+        return self._observed_after.get(epoch)
 
     def wake(self) -> None:
         self._wake.set()
@@ -87,20 +122,14 @@ class ChannelFeed:
         interval = self._poll_min
         while True:
             try:
-                page = await self._store.read_after(self.channel, self._scanned_to)
+                page = await self._poll()
             except Exception as exc:
                 # Whatever stopped the tail, its sessions must end (with retry:), not hang.
-                logger.warning("tail of channel %r failed: %s", self.channel, exc)
-                self.failure = exc if isinstance(exc, GatewayError) else GatewayError(str(exc))
-                self._publish()
+                logger.warning("tail of channel %r stops: %s", self.channel, exc)
+                self._fail(exc if isinstance(exc, GatewayError) else GatewayError(str(exc)))
                 return
-            if self.epoch is None and page.events:
-                self.epoch = page.events[0].epoch
-            if any(event.epoch != self.epoch for event in page.events):
-                # The log started over under us: sessions end and their reconnect resets.
-                self.failure = GatewayError(f"channel {self.channel!r} restarted its log")
-                self._publish()
-                return
+            if page.end is not None:
+                self._end_expires_at = page.end.expires_at
             self._scanned_to = page.scanned_to
             if page.events:
                 self._buffer(page.events)
@@ -113,6 +142,30 @@ class ChannelFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
+
+    async def _poll(self) -> Page:
+        """The log after the feed's position; raises ``LogRestarted`` when it started
+        over below it."""
+        if self._end_expires_at is not None and self._store.has_expired(self._end_expires_at):
+            # TTL may delete the newest item now: look at the head, not only past it.
+            head = await self._store.last_batch(self.channel)
+            end = head.end if head is not None else None
+            if not self.serves(end):
+                raise LogRestarted(f"channel {self.channel!r} started its log over")
+            if end is None or end.last == self._scanned_to:
+                return Page([], self._scanned_to, False, end)
+        page = await self._store.read_after(self.channel, self._scanned_to)
+        prior, proven = self._scanned_to, self._position_proven
+        for event in page.events:  # live events only: each proves its item existed
+            if event.epoch != self.epoch:
+                if self.epoch is not None and event.since <= prior:
+                    raise LogRestarted(f"channel {self.channel!r} started its log over")
+                if self.epoch is not None and proven and event.since == prior + 1:
+                    self._observed_after[event.epoch] = Position(self.epoch, prior)
+                self.epoch = event.epoch
+            prior, proven = event.seq, True
+        self._position_proven = proven and prior == page.scanned_to
+        return page
 
     def _buffer(self, events: list[StoredEvent]) -> None:
         self._events.extend(events)
@@ -144,9 +197,12 @@ class ChannelHub:
         return dict(self._feeds)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str, head: Position) -> AsyncIterator[ChannelFeed]:
+    async def subscribe(self, channel: str, head: LogEnd | None) -> AsyncIterator[ChannelFeed]:
+        """The channel's feed for a session that found ``head`` as the log's newest item."""
         feed = self._feeds.get(channel)
-        if feed is None or feed.failure is not None:
+        if feed is None or feed.failure is not None or not feed.serves(head):
+            if feed is not None:
+                feed.stop(LogRestarted(f"channel {channel!r} started its log over"))
             feed = ChannelFeed(
                 channel,
                 self._store,

@@ -16,9 +16,10 @@ import aioboto3
 from pydantic import JsonValue
 
 from gateway.dynamodb import open_dynamodb
+from gateway.items import NewEvent
 from gateway.settings import Settings
-from gateway.store import EventLog, NewEvent, StoredEvent
-from gateway.validation import check_channel, new_events
+from gateway.store import Appended, EventLog
+from gateway.validation import check_channel, check_idempotency_key, new_events
 
 
 class AppendListener(Protocol):
@@ -33,28 +34,52 @@ class Publisher:
         self._settings = settings
         self._listener = listener
 
-    async def publish(self, channel: str, data: JsonValue, *, event: str | None = None) -> str:
-        """Append one event; returns its id once it is durably in the log."""
+    async def publish(
+        self,
+        channel: str,
+        data: JsonValue,
+        *,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Append one event; returns its id once it is durably in the log.
+
+        If the outcome is unknown (a timeout, ``StoreUnavailable``), publish again
+        with the same ``idempotency_key``: a repeat within the retention writes
+        nothing and returns the original id.
+        """
         item: dict[str, Any] = {"data": data} if event is None else {"data": data, "event": event}
-        (event_id,) = await self.publish_many(channel, [item])
+        (event_id,) = await self.publish_many(channel, [item], idempotency_key=idempotency_key)
         return event_id
 
-    async def publish_many(self, channel: str, events: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Append ``[{"data": ..., "event": ...}, ...]`` as consecutive ids, all or nothing."""
+    async def publish_many(
+        self,
+        channel: str,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[str]:
+        """Append ``[{"data": ..., "event": ...}, ...]`` as consecutive ids, all or nothing
+        (``idempotency_key`` as for ``publish``)."""
         check_channel(channel)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         checked = new_events(
             events,
             max_event_bytes=self._settings.max_event_bytes,
             max_batch_events=self._settings.max_batch_events,
         )
-        return [event.event_id for event in await self.append(channel, checked)]
+        appended = await self.append(channel, checked, idempotency_key=idempotency_key)
+        return [event.event_id for event in appended.events]
 
-    async def append(self, channel: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
+    async def append(
+        self, channel: str, events: Sequence[NewEvent], *, idempotency_key: str | None = None
+    ) -> Appended:
         """Append already validated events and wake this process's tail of the channel."""
-        stored = await self._store.append(channel, events)
-        if self._listener is not None:
+        appended = await self._store.append(channel, events, idempotency_key=idempotency_key)
+        if self._listener is not None and not appended.replayed:
             self._listener.notify(channel)
-        return stored
+        return appended
 
 
 @asynccontextmanager

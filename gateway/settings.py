@@ -19,10 +19,11 @@ ENV_PREFIX = "SSE_GATEWAY_"
 RUNTIME_API_VARIABLE = "AWS_LAMBDA_RUNTIME_API"
 MAX_CONCURRENCY_VARIABLE = "AWS_LAMBDA_MAX_CONCURRENCY"
 
-# DynamoDB caps an item at 400 KB and a transaction at 4 MB; an event's item
-# also holds its key, id and bookkeeping attributes, so leave headroom.
+# DynamoDB caps an item at 400 KB, and one publish is one item (all of its
+# events); the item also holds its key and bookkeeping attributes, so leave
+# headroom. A batch stays within what one response lists comfortably.
 MAX_ITEM_PAYLOAD_BYTES = 380_000
-MAX_TRANSACTION_ITEMS = 100
+MAX_BATCH_EVENTS = 100
 
 
 class Settings(BaseSettings):
@@ -43,7 +44,7 @@ class Settings(BaseSettings):
     feed_buffer_events: int = Field(1000, ge=1)
 
     max_event_bytes: int = Field(65_536, ge=1, le=MAX_ITEM_PAYLOAD_BYTES)
-    max_batch_events: int = Field(25, ge=1, le=MAX_TRANSACTION_ITEMS)
+    max_batch_events: int = Field(25, ge=1, le=MAX_BATCH_EVENTS)
     max_request_bytes: int = Field(1_048_576, ge=1, le=3_500_000)
 
     auth_secret: SecretStr | None = None

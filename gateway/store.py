@@ -1,16 +1,20 @@
-"""The per-channel event log in DynamoDB.
+"""The per-channel event log in DynamoDB: the I/O around ``gateway.items``.
 
-Appends are conditional puts of ``seq = head + 1``: seq N+1 can only exist once
-N does, so a strongly consistent ``Query(seq > cursor)`` never skips an event
-that becomes visible late (a counter item or time-based ids would allow that).
+An append is a conditional put of one item at ``seq = last + 1``: an item for
+seq N+1 can only exist once the one ending at N does, so a strongly consistent
+``Query(seq > cursor)`` never skips an append that becomes visible late.
 
 Appends to a channel are serialized inside a process. That saves
 conditional-check retries in production, and it means the embedded moto
 server, whose conditional puts are not atomic under concurrent requests, is
 never asked to arbitrate a race between writers of one process. Across
-processes DynamoDB arbitrates: the loser probes the next seq, and an
-``ALL_OLD`` item on a failed condition tells a write that botocore retried
-after a lost response that the slot already holds its own event.
+processes DynamoDB arbitrates: the loser learns the slot's item (``ALL_OLD``)
+and moves past it, and a write that botocore retried after a lost response
+recognises its own earlier success by its write id.
+
+An append with an idempotency key is a two-item transaction (the batch and its
+key record): never events without their record, never a record without its
+events. A repeat finds the record and answers the original ids.
 """
 
 from __future__ import annotations
@@ -25,21 +29,42 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gateway.cursor import EMPTY, Position, new_epoch
-from gateway.errors import GatewayError, StoreMisconfigured, StoreUnavailable
+from gateway.cursor import new_epoch
+from gateway.errors import (
+    GatewayError,
+    IdempotencyKeyReused,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
+from gateway.items import (
+    PARTITION_KEY,
+    SORT_KEY,
+    TTL_ATTRIBUTE,
+    Batch,
+    IdempotencyRecord,
+    LogEnd,
+    NewEvent,
+    StoredEvent,
+    batch_item,
+    decode_batch,
+    decode_idempotency_record,
+    idempotency_record,
+    place,
+    request_digest,
+    stored_events,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
-PARTITION_KEY = "channel"
-SORT_KEY = "seq"
-TTL_ATTRIBUTE = "expires_at"
-
-# After this many consecutive lost races, stop probing one seq at a time and
-# re-read the head: another process is far ahead of this one's cached head.
+# After this many consecutive lost races, stop probing past the slot's item and
+# re-read the end of the log: another process is far ahead of this one.
 _PROBES_BEFORE_REQUERY = 4
 _MAX_CONFLICTS = 64
 _MAX_WRITER_STATES = 10_000
+# A cached log end is trusted until this close to its expiry (bounded by a
+# quarter of the retention for short test retentions): covers clock skew.
+_EXPIRY_MARGIN_SECONDS = 60.0
 
 _UNAVAILABLE_CODES = frozenset(
     {
@@ -59,37 +84,21 @@ _MISCONFIGURED_CODES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event to append: ``data`` is the JSON text of the published value."""
-
-    data: str
-    event: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    seq: int
-    epoch: str
-    data: str
-    event: str | None = None
-
-    @property
-    def position(self) -> Position:
-        return Position(self.epoch, self.seq)
-
-    @property
-    def event_id(self) -> str:
-        return self.position.event_id
-
-
-@dataclass(frozen=True, slots=True)
 class Page:
-    """One query's worth of the log: ``scanned_to`` counts expired items too, so a
-    reader past a run of expired items never scans them again."""
+    """One query's worth of the log: ``scanned_to`` is the last seq of the last item
+    examined, expired ones included, so a reader never scans them again; ``end``
+    describes that item."""
 
     events: list[StoredEvent]
     scanned_to: int
     more: bool
+    end: LogEnd | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    events: list[StoredEvent]
+    replayed: bool = False  # an idempotent repeat: nothing was written
 
 
 @dataclass(slots=True)
@@ -104,13 +113,7 @@ class StoreStats:
 @dataclass(slots=True)
 class _WriterState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    head: Position | None = None
-
-
-class _SlotTaken(Exception):
-    def __init__(self, item: dict[str, Any], own: bool) -> None:
-        self.item = item
-        self.own = own
+    end: LogEnd | None = None
 
 
 @contextmanager
@@ -133,16 +136,6 @@ def _translated(table_name: str) -> Iterator[None]:
         raise StoreUnavailable(f"DynamoDB could not be reached ({exc}); try again shortly") from exc
 
 
-def _decode(item: dict[str, Any]) -> StoredEvent:
-    event = item.get("event")
-    return StoredEvent(
-        seq=int(item[SORT_KEY]["N"]),
-        epoch=item["epoch"]["S"],
-        data=item["data"]["S"],
-        event=event["S"] if event else None,
-    )
-
-
 class EventLog:
     def __init__(
         self,
@@ -156,57 +149,66 @@ class EventLog:
         self._table = table_name
         self._retention = retention_seconds
         self._clock = clock
+        self._expiry_margin = min(_EXPIRY_MARGIN_SECONDS, retention_seconds / 4)
         self._writers: dict[str, _WriterState] = {}
         self.stats = StoreStats()
 
-    async def head(self, channel: str) -> Position:
-        """The last written position, counting events that have expired but still exist."""
-        self.stats.queries += 1
-        with _translated(self._table):
-            response = await self._client.query(
-                TableName=self._table,
-                KeyConditionExpression="#c = :c",
-                ExpressionAttributeNames={"#c": PARTITION_KEY, "#s": SORT_KEY, "#e": "epoch"},
-                ExpressionAttributeValues={":c": {"S": channel}},
-                ProjectionExpression="#s, #e",
-                ConsistentRead=True,
-                ScanIndexForward=False,
-                Limit=1,
-            )
-        items = response.get("Items", [])
-        if not items:
-            return EMPTY
-        return Position(items[0]["epoch"]["S"], int(items[0][SORT_KEY]["N"]))
+    async def last_batch(self, channel: str) -> Batch | None:
+        """The channel's newest item, expired or not; None when it has none."""
+        items, _ = await self._query(channel, newest_first=True, limit=1)
+        return decode_batch(items[0]) if items else None
 
-    async def read_after(self, channel: str, after_seq: int, limit: int = 100) -> Page:
-        """Unexpired events with seq > ``after_seq``, oldest first."""
-        self.stats.queries += 1
-        with _translated(self._table):
-            response = await self._client.query(
-                TableName=self._table,
-                KeyConditionExpression="#c = :c AND #s > :s",
-                ExpressionAttributeNames={"#c": PARTITION_KEY, "#s": SORT_KEY},
-                ExpressionAttributeValues={":c": {"S": channel}, ":s": {"N": str(after_seq)}},
-                ConsistentRead=True,
-                Limit=limit,
-            )
-        items = response.get("Items", [])
-        now = self._clock()
-        # TTL deletion lags by up to days: expired items must be filtered here.
-        events = [_decode(item) for item in items if float(item[TTL_ATTRIBUTE]["N"]) > now]
-        scanned_to = int(items[-1][SORT_KEY]["N"]) if items else after_seq
-        return Page(events, scanned_to, "LastEvaluatedKey" in response)
+    async def read_after(
+        self, channel: str, after_seq: int, limit: int = 100, *, aligned: bool = True
+    ) -> Page:
+        """Unexpired events with seq > ``after_seq``, oldest first.
 
-    async def append(self, channel: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        """Append ``events`` as consecutive seqs, all or nothing."""
+        ``aligned`` says that ``after_seq`` ends an item (a position reached by
+        reading whole items). A client's ``Last-Event-ID`` may point inside a
+        batch; then the item holding ``after_seq + 1`` starts before it, and is
+        looked up only when the first item found does not start right after it.
+        """
+        items, more = await self._query(channel, seq_condition=">", seq=after_seq, limit=limit)
+        batches = [decode_batch(item) for item in items]
+        if not aligned and after_seq > 0 and (not batches or batches[0].first != after_seq + 1):
+            before, _ = await self._query(
+                channel, seq_condition="<=", seq=after_seq, newest_first=True, limit=1
+            )
+            if before and (holding := decode_batch(before[0])).end.last > after_seq:
+                batches.insert(0, holding)
+        events = [event for batch in batches for event in self.live_events(batch, after_seq)]
+        if not batches:
+            return Page(events, after_seq, more)
+        end = batches[-1].end
+        return Page(events, end.last, more, end)
+
+    def live_events(self, batch: Batch, after_seq: int) -> list[StoredEvent]:
+        """``batch``'s events after ``after_seq``; none once it has expired (TTL deletion
+        lags by up to days, so readers filter expired items themselves)."""
+        if self.has_expired(batch.expires_at):
+            return []
+        return [event for event in batch.events if event.seq > after_seq]
+
+    def has_expired(self, expires_at: int) -> bool:
+        return expires_at <= self._clock()
+
+    async def append(
+        self, channel: str, events: Sequence[NewEvent], *, idempotency_key: str | None = None
+    ) -> Appended:
+        """Append ``events`` as consecutive seqs in one item, all or nothing.
+
+        With an ``idempotency_key``, a repeat of the same request on the channel
+        (within the retention) writes nothing and answers the original ids; the
+        same key with other events raises ``IdempotencyKeyReused``.
+        """
         if not events:
             raise ValueError("append needs at least one event")
         state = self._writer_state(channel)
         async with state.lock:
             try:
-                return await self._append_locked(channel, events, state)
+                return await self._append_locked(channel, events, idempotency_key, state)
             except BaseException:
-                state.head = None  # the outcome may be unknown: read the head again next time
+                state.end = None  # the outcome may be unknown: read the end again next time
                 raise
 
     def _writer_state(self, channel: str) -> _WriterState:
@@ -219,92 +221,146 @@ class EventLog:
             state = self._writers[channel] = _WriterState()
         return state
 
+    async def _log_end(self, channel: str) -> LogEnd | None:
+        batch = await self.last_batch(channel)
+        return batch.end if batch is not None else None
+
     async def _append_locked(
-        self, channel: str, events: Sequence[NewEvent], state: _WriterState
-    ) -> list[StoredEvent]:
-        head = state.head if state.head is not None else await self.head(channel)
-        write_ids = [uuid.uuid4().hex for _ in events]
+        self,
+        channel: str,
+        events: Sequence[NewEvent],
+        idempotency_key: str | None,
+        state: _WriterState,
+    ) -> Appended:
+        end = state.end
+        if end is None or not end.trusted(self._clock(), self._expiry_margin):
+            end = await self._log_end(channel)
+        write_id = uuid.uuid4().hex
+        digest = request_digest(events) if idempotency_key is not None else None
         for conflicts in range(_MAX_CONFLICTS):
             if conflicts and conflicts % _PROBES_BEFORE_REQUERY == 0:
-                head = await self.head(channel)
-            epoch = head.epoch or new_epoch()
-            stored = [
-                StoredEvent(head.seq + 1 + i, epoch, e.data, e.event) for i, e in enumerate(events)
-            ]
-            items = [self._item(channel, s, wid) for s, wid in zip(stored, write_ids, strict=True)]
-            try:
-                await self._write(items)
-            except _SlotTaken as taken:
-                if not taken.own:
-                    self.stats.conflicts += 1
-                    head = Position(taken.item["epoch"]["S"], int(taken.item[SORT_KEY]["N"]))
-                    continue
-            state.head = stored[-1].position
-            return stored
+                end = await self._log_end(channel)
+            now = self._clock()
+            placement = place(end, now=now, retention=self._retention, new_epoch=new_epoch)
+            batch = Batch(stored_events(placement, events, now), placement.expires_at, write_id)
+            item = batch_item(channel, batch)
+            if idempotency_key is None or digest is None:
+                taken = await self._put(item)
+            else:
+                record = idempotency_record(channel, idempotency_key, digest, batch)
+                taken, replay = await self._put_with_record(item, record, now)
+                if replay is not None:
+                    if replay.digest != digest:
+                        raise IdempotencyKeyReused(
+                            f"Idempotency-Key {idempotency_key!r} was used on channel "
+                            f"{channel!r} for other events; use a new key for a new publish"
+                        )
+                    return Appended(replay.events(events), replayed=True)
+            if taken is None:
+                state.end = batch.end
+                return Appended(list(batch.events))
+            self.stats.conflicts += 1
+            end = decode_batch(taken).end
         raise StoreUnavailable(
             f"channel {channel!r} is under heavy concurrent publishing; retry the publish"
         )
 
-    def _item(self, channel: str, event: StoredEvent, write_id: str) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            PARTITION_KEY: {"S": channel},
-            SORT_KEY: {"N": str(event.seq)},
-            "epoch": {"S": event.epoch},
-            "wid": {"S": write_id},
-            "data": {"S": event.data},
-            TTL_ATTRIBUTE: {"N": str(int(self._clock()) + self._retention)},
-        }
-        if event.event is not None:
-            item["event"] = {"S": event.event}
-        return item
+    async def _query(
+        self,
+        channel: str,
+        *,
+        seq_condition: str = "",
+        seq: int = 0,
+        newest_first: bool = False,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Items of the channel (``seq <seq_condition> seq`` when given) and whether
+        more follow."""
+        condition = "#c = :c"
+        names: Any = {"#c": PARTITION_KEY}
+        values: Any = {":c": {"S": channel}}
+        if seq_condition:
+            condition += f" AND #s {seq_condition} :s"
+            names["#s"] = SORT_KEY
+            values[":s"] = {"N": str(seq)}
+        self.stats.queries += 1
+        with _translated(self._table):
+            response = await self._client.query(
+                TableName=self._table,
+                KeyConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ConsistentRead=True,
+                ScanIndexForward=not newest_first,
+                Limit=limit,
+            )
+        return list(response.get("Items", [])), "LastEvaluatedKey" in response
 
-    async def _write(self, items: list[dict[str, Any]]) -> None:
-        """Conditionally put ``items``; raise ``_SlotTaken`` naming the highest occupied slot."""
-        condition: Any = {
+    async def _put(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """Put ``item`` into a free slot; returns the item that holds the slot instead,
+        or None when the slot holds ``item`` (written now, or by an earlier attempt
+        whose response was lost)."""
+        self.stats.writes += 1
+        with _translated(self._table):
+            try:
+                await self._client.put_item(
+                    TableName=self._table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#s)",
+                    ExpressionAttributeNames={"#s": SORT_KEY},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+                response: dict[str, Any] = dict(exc.response)
+                existing: dict[str, Any] | None = response.get("Item")
+                if existing is None:
+                    raise
+                return None if existing["wid"] == item["wid"] else existing
+        return None
+
+    async def _put_with_record(
+        self, item: dict[str, Any], record: dict[str, Any], now: float
+    ) -> tuple[dict[str, Any] | None, IdempotencyRecord | None]:
+        """The batch and its idempotency record in one transaction. Returns the item
+        holding the slot if the slot was taken, and the existing record if the key
+        was; (None, None) when both are ours."""
+        self.stats.writes += 1
+        slot: Any = {
+            "TableName": self._table,
+            "Item": item,
             "ConditionExpression": "attribute_not_exists(#s)",
             "ExpressionAttributeNames": {"#s": SORT_KEY},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
-        self.stats.writes += 1
+        # An expired record that TTL has not deleted yet no longer counts.
+        key: Any = {
+            "TableName": self._table,
+            "Item": record,
+            "ConditionExpression": "attribute_not_exists(#c) OR #e <= :now",
+            "ExpressionAttributeNames": {"#c": PARTITION_KEY, "#e": TTL_ATTRIBUTE},
+            "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
         with _translated(self._table):
             try:
-                if len(items) == 1:
-                    await self._client.put_item(TableName=self._table, Item=items[0], **condition)
-                else:
-                    puts: Any = [
-                        {"Put": {"TableName": self._table, "Item": item, **condition}}
-                        for item in items
-                    ]
-                    await self._client.transact_write_items(TransactItems=puts)
+                await self._client.transact_write_items(TransactItems=[{"Put": slot}, {"Put": key}])
             except ClientError as exc:
-                taken = _taken_slot(exc, items)
-                if taken is None:
+                response: dict[str, Any] = dict(exc.response)
+                if response.get("Error", {}).get("Code") != "TransactionCanceledException":
                     raise
-                raise taken from exc
-
-
-def _taken_slot(exc: ClientError, items: list[dict[str, Any]]) -> _SlotTaken | None:
-    """The occupied slot a failed condition reports, or None for any other error."""
-    response: dict[str, Any] = dict(exc.response)
-    code = response.get("Error", {}).get("Code")
-    if code == "ConditionalCheckFailedException":
-        found = [(items[0], response.get("Item"))]
-    elif code == "TransactionCanceledException":
-        reasons = response.get("CancellationReasons", [])
-        found = [
-            (mine, reason.get("Item"))
-            for mine, reason in zip(items, reasons, strict=False)
-            if reason.get("Code") == "ConditionalCheckFailed"
-        ]
-    else:
-        return None
-    if not found or any(existing is None for _, existing in found):
-        return None  # a TransactionConflict or throttle on the transaction: not a seq race
-    own = len(found) == len(items) and all(
-        existing["wid"] == mine["wid"] for mine, existing in found if existing is not None
-    )
-    highest = max(
-        (existing for _, existing in found if existing is not None),
-        key=lambda item: int(item[SORT_KEY]["N"]),
-    )
-    return _SlotTaken(highest, own)
+                # One reason per item, in order: the slot's, then the key record's.
+                reasons = [*response.get("CancellationReasons", []), {}, {}][:2]
+                slot_item, key_item = (
+                    reason.get("Item") if reason.get("Code") == "ConditionalCheckFailed" else None
+                    for reason in reasons
+                )
+                if slot_item is None and key_item is None:
+                    raise  # a conflict or throttling, not a condition: unavailable
+                if any(x is not None and x["wid"] == item["wid"] for x in (slot_item, key_item)):
+                    return None, None  # an earlier attempt of ours landed
+                if key_item is not None:
+                    return None, decode_idempotency_record(key_item)
+                return slot_item, None
+        return None, None

@@ -9,6 +9,7 @@ the signal that tells clients their position was lost.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,13 +17,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from gateway.errors import InvalidInput, PayloadTooLarge
-from gateway.store import NewEvent
+from gateway.items import NewEvent
+from gateway.settings import MAX_ITEM_PAYLOAD_BYTES
 
 CHANNEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 RESERVED_EVENT_NAMES = frozenset({"reset"})
 
 _CHANNEL = re.compile(CHANNEL_PATTERN)
+# Printable ASCII, as HTTP header values carry it.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
 
 
 class EventIn(BaseModel):
@@ -41,14 +45,34 @@ def check_channel(name: str) -> str:
     return name
 
 
+def check_idempotency_key(key: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidInput(
+            "Idempotency-Key must be 1-128 printable ASCII characters "
+            f"(got {len(key)} characters{'' if key.isascii() else ', not all ASCII'})",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a double")
+    return value
+
+
 def parse_json_body(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no NaN or Infinity, nesting bounded by the parser."""
+    """Strict JSON: UTF-8 only, no NaN or Infinity (nor numbers that overflow to
+    them), nesting bounded by the parser."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError as exc:
         raise InvalidInput("request body is not valid UTF-8", code="invalid_json") from exc
     except RecursionError as exc:
@@ -81,6 +105,7 @@ def new_events(
             code="batch_too_large",
         )
     events = []
+    batch_bytes = 0
     for index, item in enumerate(items):
         where = f"events[{index}]" if len(items) > 1 else "event"
         try:
@@ -93,11 +118,31 @@ def new_events(
             raise InvalidInput(
                 f"{where}.event: {parsed.event!r} is reserved by the gateway", code="invalid_event"
             )
-        data = json.dumps(parsed.data, ensure_ascii=False, separators=(",", ":"))
-        size = len(data.encode())
+        try:
+            data = json.dumps(
+                parsed.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except ValueError as exc:
+            raise InvalidInput(
+                f"{where}.data holds NaN or Infinity, which JSON cannot carry", code="invalid_event"
+            ) from exc
+        try:
+            size = len(data.encode())
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"{where}.data holds a lone UTF-16 surrogate ({data[exc.start]!r}), which is "
+                "not Unicode text: send valid UTF-8 (escape pairs like \\ud83d\\ude00 together)",
+                code="invalid_event",
+            ) from exc
         if size > max_event_bytes:
             raise PayloadTooLarge(
                 f"{where}.data is {size} bytes as JSON; the limit is {max_event_bytes}"
+            )
+        batch_bytes += size + len(parsed.event or "")
+        if batch_bytes > MAX_ITEM_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"the events add up to more than {MAX_ITEM_PAYLOAD_BYTES} bytes: one publish is "
+                "stored as one DynamoDB item (400 KB at most); split it into several publishes"
             )
         events.append(NewEvent(data=data, event=parsed.event))
     return events

@@ -5,20 +5,43 @@ The app and its DynamoDB client are built on the first invocation and kept for
 the execution environment. aiobotocore's client belongs to the event loop it
 was opened on, so this module owns that loop and hands it to Mangum (which
 runs each invocation on the current loop).
+
+Each request carries the invocation's deadline, less the configured margin, so
+the app answers 503 ("publish again with the same Idempotency-Key") before
+Lambda would cut the invocation off with an error of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 from mangum import Mangum
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.app import create_app
+from gateway.app import DEADLINE_EXTENSION, create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.settings import load_settings
 from gateway.store import EventLog
+
+
+class InvocationDeadline:
+    """ASGI middleware: passes the Lambda invocation's deadline (Mangum puts the
+    context in the scope) to the app, ``margin_seconds`` early."""
+
+    def __init__(self, app: ASGIApp, margin_seconds: float) -> None:
+        self._app = app
+        self._margin = margin_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = scope.get("aws.context")
+        if context is not None and scope["type"] == "http":
+            remaining = context.get_remaining_time_in_millis() / 1000 - self._margin
+            deadline = {DEADLINE_EXTENSION: time.monotonic() + remaining}
+            scope = {**scope, "extensions": {**scope.get("extensions", {}), **deadline}}
+        await self._app(scope, receive, send)
 
 
 class PublishFunction:
@@ -35,7 +58,11 @@ class PublishFunction:
             self._resources.enter_async_context(open_dynamodb(settings))
         )
         store = EventLog(client, settings.table_name, retention_seconds=settings.retention_seconds)
-        return Mangum(create_app(settings, store, subscribe=False), lifespan="off")
+        app = create_app(settings, store, subscribe=False)
+        return Mangum(
+            InvocationDeadline(app, settings.lambda_deadline_margin_seconds),
+            lifespan="off",
+        )
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         if self._adapter is None:

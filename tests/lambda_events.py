@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,3 +17,14 @@ def load_event(name: str, **headers: str) -> dict[str, Any]:
     event = copy.deepcopy(event)
     event["headers"].update({k.replace("_", "-").lower(): v for k, v in headers.items()})
     return event
+
+
+class LambdaContext:
+    """The part of the Lambda context object the handlers use: the time left."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self._deadline = time.monotonic() + timeout_seconds
+        self.aws_request_id = "c8a4e2b4-5f4e-4d4c-9f0e-0123456789ab"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self._deadline - time.monotonic()) * 1000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -109,12 +110,22 @@ _THROTTLED = (
 
 class FaultProxy:
     """A TCP proxy to DynamoDB. moto answers ``Connection: close``, so each
-    connection carries one request, which makes per-request faults simple."""
+    connection carries one request, which makes per-request faults simple.
+
+    ``refuse``: connections are closed at once. ``stall``: requests reach the
+    proxy and are never answered (a hung DynamoDB). ``split_transactions``: a
+    ``TransactWriteItems`` is applied one ``PutItem`` at a time, last item first,
+    ``split_pause`` seconds apart, which is what a ``Query`` may observe of a
+    transaction in DynamoDB (read-committed isolation, not serializable).
+    """
 
     def __init__(self, upstream: str) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         self._upstream = (host, int(port))
         self.refuse = False
+        self.stall = False
+        self.split_transactions = False
+        self.split_pause = 0.3
         self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
         self._throttle_next: list[str] = []  # ... to answer with a throttling error
         self.seen: list[str] = []
@@ -165,16 +176,18 @@ class FaultProxy:
                     target = line.split(".", 1)[-1].strip()
             body = await reader.readexactly(length)
             self.seen.append(target)
+            if self.stall:
+                await reader.read()  # until the client gives up and closes
+                return
             if target in self._throttle_next:
                 self._throttle_next.remove(target)
                 writer.write(_THROTTLED)
                 await writer.drain()
                 return
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-            up_writer.write(head + body)
-            await up_writer.drain()
-            response = await up_reader.read()  # moto closes after answering
-            up_writer.close()
+            if target == "transactwriteitems" and self.split_transactions:
+                response = await self._apply_one_by_one(head, body)
+            else:
+                response = await self._forward(head + body)
             if target in self._drop_next:
                 self._drop_next.remove(target)
                 return
@@ -184,6 +197,43 @@ class FaultProxy:
             pass
         finally:
             writer.close()
+
+    async def _forward(self, request: bytes) -> bytes:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        up_writer.write(request)
+        await up_writer.drain()
+        response = await up_reader.read()  # moto closes after answering
+        up_writer.close()
+        return response
+
+    async def _apply_one_by_one(self, head: bytes, body: bytes) -> bytes:
+        """Each ``Put`` of a transaction as its own ``PutItem``, last first; answers
+        the transaction's success, or the first failure."""
+        puts = [entry["Put"] for entry in json.loads(body)["TransactItems"]]
+        lines = [
+            line
+            for line in head.decode("latin-1").split("\r\n")
+            if line and not line.lower().startswith(("x-amz-target:", "content-length:"))
+        ]
+        for index, put in enumerate(reversed(puts)):
+            if index:
+                await asyncio.sleep(self.split_pause)
+            put.pop("ReturnValuesOnConditionCheckFailure", None)
+            payload = json.dumps(put).encode()
+            request_head = "\r\n".join(
+                [
+                    *lines,
+                    "X-Amz-Target: DynamoDB_20120810.PutItem",
+                    f"Content-Length: {len(payload)}",
+                ]
+            )
+            response = await self._forward(request_head.encode("latin-1") + b"\r\n\r\n" + payload)
+            if not response.startswith(b"HTTP/1.1 200"):
+                return response
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
 
 
 def free_port() -> int:
@@ -238,3 +288,13 @@ class GatewayProcess:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         (line,) = [row for row in status.splitlines() if row.startswith("VmRSS:")]
         return int(line.split()[1]) * 1024
+
+
+async def publish(
+    http: httpx.AsyncClient, base_url: str, channel: str, body: Any, **headers: str
+) -> list[str]:
+    """Publish through the HTTP API; returns the acknowledged ids (asserts a 201)."""
+    response = await http.post(f"{base_url}/channels/{channel}/events", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    ids: list[str] = response.json()["ids"]
+    return ids

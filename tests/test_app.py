@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from gateway.cursor import parse_event_id
+from gateway.validation import parse_json_body
 from tests.eventstream import read_session
 from tests.servers import GatewayServer
+from tests.strategies import bodies
 
 StartGateway = Callable[..., GatewayServer]
 
@@ -78,6 +81,11 @@ async def test_publish_returns_consecutive_ids(
         ("c", {"content-type": "text/plain"}, b'{"data": 1}', 415, "unsupported_media_type"),
         ("c", {}, b'{"data": ', 400, "invalid_json"),
         ("c", {}, b'{"data": NaN}', 400, "invalid_json"),
+        ("c", {}, b'{"data": "\\ud800"}', 400, "invalid_event"),
+        ("c", {}, b'{"data": {"\\udfff": 1}}', 400, "invalid_event"),
+        ("c", {}, b'{"events": [{"data": 1}, {"data": ["\\ud83d"]}]}', 400, "invalid_event"),
+        ("c", {"idempotency-key": "x" * 129}, b'{"data": 1}', 400, "invalid_idempotency_key"),
+        ("c", {"idempotency-key": "tab\there"}, b'{"data": 1}', 400, "invalid_idempotency_key"),
         ("c", {}, b"\xff\xfe", 400, "invalid_json"),
         ("c", {}, b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
         ("c", {}, b"[1]", 400, "invalid_body"),
@@ -213,10 +221,12 @@ async def test_subscribe_resets_when_history_expired(
         stop=lambda events: len(events) == 2,
     )
     assert [e.type for e in session.events] == ["reset", "message"]
+    new_epoch, new_seq = new[0].split("-")
+    assert new_seq == "3"  # the whole log had expired: a new epoch opened above it
     assert json.loads(session.events[0].data) == {
         "reason": "history_expired",
         "last_event_id": old[0],
-        "continues_after": old[1],
+        "continues_after": f"{new_epoch}-2",
     }
     assert session.events[1].last_event_id == new[0]
 
@@ -322,3 +332,65 @@ async def test_cors_preflight_allows_last_event_id_and_credentials(
         headers={"origin": "https://evil.example", "access-control-request-method": "GET"},
     )
     assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_publish_with_an_idempotency_key_stores_once_and_replays_the_ids(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway()
+    url = f"{server.url}/channels/c/events"
+    body = {"events": [{"data": 1}, {"event": "paid", "data": 2}]}
+    key = {"Idempotency-Key": "order 42: paid"}
+    first = await http.post(url, json=body, headers=key)
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    again = await http.post(url, json=body, headers=key)
+    assert (again.status_code, again.headers["idempotent-replayed"]) == (201, "true")
+    assert again.json() == first.json()
+
+    reused = await http.post(url, json={"data": 3}, headers=key)
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+
+    racing = await asyncio.gather(
+        *(
+            http.post(url, json={"data": "once"}, headers={"Idempotency-Key": "k2"})
+            for _ in range(6)
+        )
+    )
+    assert {r.status_code for r in racing} == {201}
+    assert len({tuple(r.json()["ids"]) for r in racing}) == 1
+    assert sum("idempotent-replayed" not in r.headers for r in racing) == 1
+
+    log = await read_session(http, url, last_event_id="0", stop=lambda events: len(events) == 3)
+    assert [json.loads(e.data) for e in log.events] == [1, 2, "once"]
+    assert [e.last_event_id for e in log.events] == first.json()["ids"] + racing[0].json()["ids"]
+
+
+@pytest.fixture
+def fuzzed_server(gateway: StartGateway) -> GatewayServer:
+    """One server for all the examples of a fuzz test (hypothesis reruns the test body)."""
+    return gateway()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=bodies)
+async def test_every_json_body_is_stored_as_sent_or_answered_4xx(
+    fuzzed_server: GatewayServer, http: httpx.AsyncClient, body: str
+) -> None:
+    url = f"{fuzzed_server.url}/channels/fuzz/events"
+    response = await http.post(url, content=body, headers={"content-type": "application/json"})
+    if response.status_code != 201:
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["error"]["message"]
+        return
+    ids = response.json()["ids"]
+    sent = json.loads(body)
+    values = [e["data"] for e in sent["events"]] if "events" in sent else [sent["data"]]
+    epoch, first = ids[0].split("-")
+    replay = await read_session(
+        http, url, last_event_id=f"{epoch}-{int(first) - 1}", stop=lambda e: len(e) == len(ids)
+    )
+    assert [e.last_event_id for e in replay.events] == ids
+    assert [parse_json_body(e.data.encode()) for e in replay.events] == values

@@ -5,9 +5,11 @@ from gateway.cursor import (
     Position,
     ResetReason,
     Start,
+    Step,
     new_epoch,
     parse_event_id,
     resolve_start,
+    step,
 )
 
 HEAD = Position("0a1b2c3d", 42)
@@ -50,13 +52,65 @@ def test_position_event_id_roundtrips() -> None:
         (None, EMPTY, Start(EMPTY, fresh=True)),
         ("0a1b2c3d-40", HEAD, Start(Position("0a1b2c3d", 40))),
         ("0a1b2c3d-42", HEAD, Start(HEAD)),
-        ("0", HEAD, Start(Position("0a1b2c3d", 0))),
+        ("0", HEAD, Start(EMPTY)),
         ("0", EMPTY, Start(EMPTY)),
         ("garbage", HEAD, Start(HEAD, reset=ResetReason.INVALID_ID)),
         ("99999999-3", HEAD, Start(Position("0a1b2c3d", 0), reset=ResetReason.NEW_INCARNATION)),
-        ("99999999-3", EMPTY, Start(EMPTY, reset=ResetReason.NEW_INCARNATION)),
+        ("99999999-3", EMPTY, Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED)),
         ("0a1b2c3d-43", HEAD, Start(HEAD, reset=ResetReason.AHEAD_OF_LOG)),
     ],
 )
 def test_resolve_start_table(last_event_id: str | None, head: Position, expected: Start) -> None:
     assert resolve_start(last_event_id, head) == expected
+
+
+def test_resolve_start_reads_on_below_a_newer_epoch_and_restarts_after_a_purge() -> None:
+    # The current epoch opened at 40, above an older one that expired: a position
+    # below 40 reads on from itself (step() says what was lost); one at or above
+    # 40 belonged to a log that was purged and started over.
+    assert resolve_start("99999999-3", HEAD, since=40) == Start(Position("99999999", 3))
+    assert resolve_start("99999999-40", HEAD, since=40) == Start(
+        Position("0a1b2c3d", 39), reset=ResetReason.NEW_INCARNATION
+    )
+
+
+A, B = "aaaaaaaa", "bbbbbbbb"
+
+
+@pytest.mark.parametrize(
+    ("cursor", "event", "visited", "expected"),
+    [
+        # the next event of the same epoch, or a gap in it
+        (Position(A, 4), (A, 5, 1), {A}, None),
+        (Position(A, 4), (A, 7, 1), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(A, 6))),
+        # a new epoch that began above the cursor: A may have ended past 4 unseen
+        (Position(A, 4), (B, 5, 5), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(B, 4))),
+        (Position(A, 4), (B, 9, 5), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(B, 8))),
+        (Position(A, 4), (B, 7, 7), {A}, Step(ResetReason.HISTORY_EXPIRED, Position(B, 6))),
+        # the log started over below the cursor: read the new incarnation from its start
+        (
+            Position(A, 4),
+            (B, 5, 1),
+            {A},
+            Step(ResetReason.NEW_INCARNATION, Position(B, 0), rewind=True),
+        ),
+        # ... but never twice into one epoch (a hand-mixed log): say so and go on
+        (Position(B, 4), (A, 5, 1), {A, B}, Step(ResetReason.NEW_INCARNATION, Position(A, 4))),
+        # a reader that came to an empty log
+        (EMPTY, (A, 1, 1), set(), None),
+        (EMPTY, (A, 3, 1), set(), Step(ResetReason.HISTORY_EXPIRED, Position(A, 2))),
+        # an epoch that opened above older, expired events the reader never saw
+        (EMPTY, (B, 11, 11), set(), Step(ResetReason.HISTORY_EXPIRED, Position(B, 10))),
+    ],
+)
+def test_step_table(
+    cursor: Position, event: tuple[str, int, int], visited: set[str], expected: Step | None
+) -> None:
+    assert step(cursor, *event, visited) == expected
+
+
+def test_step_delivers_a_new_epoch_a_feed_saw_begin_right_after_the_cursor() -> None:
+    assert step(Position(A, 4), B, 5, 5, {A}, observed_after=Position(A, 4)) is None
+    assert step(Position(A, 3), B, 5, 5, {A}, observed_after=Position(A, 4)) == Step(
+        ResetReason.HISTORY_EXPIRED, Position(B, 4)
+    )

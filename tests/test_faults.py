@@ -185,7 +185,7 @@ async def test_client_that_stops_reading_is_not_buffered_without_bound(
         b"GET /channels/slow/events HTTP/1.1\r\nHost: test\r\nLast-Event-ID: 0\r\n\r\n"
     )  # and never reads
     healthy = EventSourceClient(http, url)
-    rounds, batches, batch_size, payload = 3, 10, 25, "x" * 32_000
+    rounds, batches, batch_size, payload = 3, 25, 10, "x" * 32_000
     total = rounds * batches * batch_size
     following = asyncio.create_task(healthy.run(lambda events: len(events) == total))
     await asyncio.sleep(0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,7 +14,8 @@ from gateway.settings import Settings
 from handlers.publish import PublishFunction
 from infra.local import local_session
 from infra.table import ensure_table
-from tests.lambda_events import load_event
+from tests.lambda_events import LambdaContext, load_event
+from tests.servers import FaultProxy
 
 
 @pytest.fixture
@@ -29,9 +31,11 @@ def publish_function(
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     functions: list[PublishFunction] = []
 
-    def make(create_table: bool = True) -> PublishFunction:
+    def make(create_table: bool = True, **env: str) -> PublishFunction:
         if create_table:
             asyncio.run(_create_table(settings))  # before the function opens its own loop
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
         functions.append(PublishFunction())
         return functions[-1]
 
@@ -87,3 +91,25 @@ def test_publish_function_reports_a_missing_table_as_misconfiguration(
     error = json.loads(response["body"])["error"]
     assert error["code"] == "store_misconfigured"
     assert "SSE_GATEWAY_TABLE_NAME" in error["message"]
+
+
+def test_publish_function_answers_503_before_its_deadline_when_dynamodb_hangs(
+    publish_function: Callable[..., PublishFunction], fault_proxy: FaultProxy
+) -> None:
+    function = publish_function(
+        SSE_GATEWAY_DYNAMODB_ENDPOINT_URL=fault_proxy.url,
+        SSE_GATEWAY_DYNAMODB_MAX_ATTEMPTS="5",
+        SSE_GATEWAY_DYNAMODB_TIMEOUT_SECONDS="5",
+        SSE_GATEWAY_LAMBDA_DEADLINE_MARGIN_SECONDS="1",
+    )
+    ok = function(load_event("publish_single"), LambdaContext(timeout_seconds=10))
+    assert ok["statusCode"] == 201  # the function is warm: its client is open
+    fault_proxy.stall = True
+    started = time.monotonic()
+    response = function(load_event("publish_single"), LambdaContext(timeout_seconds=3))
+    # Correctness, not speed: Lambda would cut the invocation off at 3 s.
+    assert time.monotonic() - started < 3
+    assert response["statusCode"] == 503
+    error = json.loads(response["body"])["error"]
+    assert error["code"] == "store_unavailable"
+    assert "Idempotency-Key" in error["message"]

@@ -6,7 +6,13 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from gateway import InvalidInput, PayloadTooLarge, Settings, open_publisher
+from gateway import (
+    IdempotencyKeyReused,
+    InvalidInput,
+    PayloadTooLarge,
+    Settings,
+    open_publisher,
+)
 from gateway.store import EventLog
 from infra.local import local_session
 
@@ -38,6 +44,8 @@ async def test_open_publisher_appends_through_the_python_api(
         ("c", [{"data": "x" * 70_000}], PayloadTooLarge),
         ("c", [{"data": i} for i in range(26)], InvalidInput),
         ("c", [{"event": "reset", "data": 1}], InvalidInput),
+        ("c", [{"data": "\ud800"}], InvalidInput),
+        ("c", [{"data": "x" * 60_000}] * 7, PayloadTooLarge),  # over one item's 400 KB
     ],
 )
 async def test_publish_many_validates_before_writing(
@@ -51,4 +59,25 @@ async def test_publish_many_validates_before_writing(
         async with open_publisher(make_settings(), local_session()) as publisher:
             with pytest.raises(error):
                 await publisher.publish_many(channel, events)
-        assert (await log.head("c")).seq == 0
+        assert await log.last_batch("c") is None
+
+
+async def test_publish_with_an_idempotency_key_returns_the_original_ids(
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+) -> None:
+    async with open_log() as log:
+        async with open_publisher(make_settings(), local_session()) as publisher:
+            first = await publisher.publish("jobs:7", {"done": True}, idempotency_key="job-7-done")
+            again = await publisher.publish("jobs:7", {"done": True}, idempotency_key="job-7-done")
+            batch = await publisher.publish_many("jobs:7", [{"data": 1}], idempotency_key="b")
+            assert (
+                await publisher.publish_many("jobs:7", [{"data": 1}], idempotency_key="b") == batch
+            )
+            with pytest.raises(IdempotencyKeyReused):
+                await publisher.publish("jobs:7", {"done": False}, idempotency_key="job-7-done")
+            with pytest.raises(InvalidInput, match="Idempotency-Key"):
+                await publisher.publish("jobs:7", 1, idempotency_key="")
+        page = await log.read_after("jobs:7", 0)
+    assert again == first
+    assert [e.event_id for e in page.events] == [first, *batch]

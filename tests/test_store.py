@@ -7,11 +7,13 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from gateway.cursor import EMPTY, parse_event_id
-from gateway.errors import StoreMisconfigured, StoreUnavailable
+from gateway.cursor import parse_event_id
+from gateway.errors import IdempotencyKeyReused, StoreMisconfigured, StoreUnavailable
+from gateway.items import NewEvent, StoredEvent
 from gateway.settings import Settings
-from gateway.store import EventLog, NewEvent
+from gateway.store import EventLog
 from tests.servers import FaultProxy
+from tests.tables import delete_items, raw_items
 
 OpenLog = Callable[..., AbstractAsyncContextManager[EventLog]]
 
@@ -20,12 +22,9 @@ def _events(*values: object) -> list[NewEvent]:
     return [NewEvent(json.dumps(v)) for v in values]
 
 
-async def _purge(log: EventLog, table: str, channel: str, seqs: list[int]) -> None:
-    """Delete a channel's items, as an operator purging it would."""
-    for seq in seqs:
-        await log._client.delete_item(
-            TableName=table, Key={"channel": {"S": channel}, "seq": {"N": str(seq)}}
-        )
+async def _append(log: EventLog, channel: str, *values: object) -> list[StoredEvent]:
+    """Append ``values`` as one batch; the stored events."""
+    return (await log.append(channel, _events(*values))).events
 
 
 async def _all(log: EventLog, channel: str) -> list[int]:
@@ -41,22 +40,23 @@ async def _all(log: EventLog, channel: str) -> list[int]:
 
 async def test_append_assigns_gapless_seqs_from_one(open_log: OpenLog) -> None:
     async with open_log() as log:
-        assert await log.head("c") == EMPTY
-        first = await log.append("c", _events("a"))
-        batch = await log.append("c", _events("b", "c", "d"))
+        assert await log.last_batch("c") is None
+        first = await _append(log, "c", "a")
+        batch = await _append(log, "c", "b", "c", "d")
         assert [e.seq for e in first + batch] == [1, 2, 3, 4]
         assert len({e.epoch for e in first + batch}) == 1
-        head = await log.head("c")
-        assert (head.epoch, head.seq) == (first[0].epoch, 4)
+        newest = await log.last_batch("c")
+        assert newest is not None and newest.end.last == 4 and newest.first == 2
+        assert newest.events == tuple(batch)
         assert await _all(log, "c") == [1, 2, 3, 4]
-        page = await log.read_after("c", 2)
+        page = await log.read_after("c", 2, aligned=False)  # 2 is inside the batch
         assert [json.loads(e.data) for e in page.events] == ["c", "d"]
 
 
 async def test_append_keeps_event_names_and_channels_apart(open_log: OpenLog) -> None:
     async with open_log() as log:
         await log.append("a", [NewEvent("1", event="tick")])
-        await log.append("b", _events(2, 3))
+        await _append(log, "b", 2, 3)
         (event,) = (await log.read_after("a", 0)).events
         assert (event.event, event.data, event.seq) == ("tick", "1", 1)
         assert await _all(log, "b") == [1, 2]
@@ -64,7 +64,7 @@ async def test_append_keeps_event_names_and_channels_apart(open_log: OpenLog) ->
 
 async def test_append_concurrent_in_one_process_is_gapless_and_unique(open_log: OpenLog) -> None:
     async with open_log() as log:
-        results = await asyncio.gather(*(log.append("c", _events(i, i)) for i in range(20)))
+        results = await asyncio.gather(*(_append(log, "c", i, i) for i in range(20)))
         seqs = sorted(e.seq for batch in results for e in batch)
         assert seqs == list(range(1, 41))
         for batch in results:  # a batch is consecutive
@@ -74,13 +74,13 @@ async def test_append_concurrent_in_one_process_is_gapless_and_unique(open_log: 
 
 async def test_append_probes_past_slots_another_process_took(open_log: OpenLog) -> None:
     async with open_log() as mine, open_log() as other:
-        await mine.append("c", _events(1))  # mine now caches head = 1
-        await other.append("c", _events(2, 3, 4))
-        await other.append("c", _events(5))
-        (stored,) = await mine.append("c", _events(6))
+        await _append(mine, "c", 1)  # mine now caches head = 1
+        await _append(other, "c", 2, 3, 4)
+        await _append(other, "c", 5)
+        (stored,) = await _append(mine, "c", 6)
         assert stored.seq == 6
         assert mine.stats.conflicts >= 1
-        batch = await other.append("c", _events(7, 8))  # other's cache is stale too
+        batch = await _append(other, "c", 7, 8)  # other's cache is stale too
         assert [e.seq for e in batch] == [7, 8]
         assert await _all(mine, "c") == list(range(1, 9))
 
@@ -88,12 +88,13 @@ async def test_append_probes_past_slots_another_process_took(open_log: OpenLog) 
 async def test_append_adopts_the_epoch_of_the_slot_it_lost_to(
     open_log: OpenLog, make_settings: Callable[..., Settings]
 ) -> None:
-    table = make_settings().table_name
     async with open_log() as mine, open_log() as other:
-        (old,) = await mine.append("c", _events("a"))  # mine caches head = (A, 1)
-        await _purge(mine, table, "c", [1])
-        restarted = await other.append("c", _events("b", "c"))  # a new epoch B at 1..2
-        (stored,) = await mine.append("c", _events("d"))  # loses seq 2 to B, probes on
+        (old,) = await _append(mine, "c", "a")  # mine caches head = (A, 1)
+        await delete_items(make_settings(), "c", [1])  # purged by an operator
+        # A new epoch B at 1 and 2. (Had B's first append been one batch over 1..2,
+        # mine would not collide with it at seq 2: purge with publishers stopped.)
+        restarted = [(await _append(other, "c", v))[0] for v in "bc"]
+        (stored,) = await _append(mine, "c", "d")  # loses seq 2 to B, moves past it
         assert stored.seq == 3
         assert stored.epoch == restarted[0].epoch != old.epoch
 
@@ -103,30 +104,33 @@ async def test_append_recognises_its_own_write_after_a_lost_response(
 ) -> None:
     async with open_log(dynamodb_endpoint_url=fault_proxy.url) as log:
         fault_proxy.drop_response_once("putitem")
-        (stored,) = await log.append("c", _events("once"))
+        (stored,) = await _append(log, "c", "once")
         assert fault_proxy.seen.count("putitem") == 2  # botocore retried the same put
         assert stored.seq == 1
-        fault_proxy.drop_response_once("transactwriteitems")
-        batch = await log.append("c", _events("x", "y"))
-        assert fault_proxy.seen.count("transactwriteitems") == 2
+        fault_proxy.drop_response_once("putitem")
+        batch = await _append(log, "c", "x", "y")
+        assert fault_proxy.seen.count("putitem") == 4
         assert [e.seq for e in batch] == [2, 3]
-        assert await _all(log, "c") == [1, 2, 3]
-        (after,) = await log.append("c", _events("z"))
-        assert after.seq == 4
+        fault_proxy.drop_response_once("transactwriteitems")
+        keyed = await log.append("c", _events("k"), idempotency_key="k1")
+        assert fault_proxy.seen.count("transactwriteitems") == 2
+        assert ([e.seq for e in keyed.events], keyed.replayed) == ([4], False)
+        assert await _all(log, "c") == [1, 2, 3, 4]
+        (after,) = await _append(log, "c", "z")
+        assert after.seq == 5
 
 
 async def test_read_after_filters_expired_events(open_log: OpenLog) -> None:
     now = [1_000_000.0]
     async with open_log(clock=lambda: now[0], retention_seconds=60) as log:
-        await log.append("c", _events(1, 2))
+        await _append(log, "c", 1, 2)
         now[0] += 30
-        await log.append("c", _events(3))
+        await _append(log, "c", 3)
         now[0] += 40  # 1 and 2 expired, 3 has not
         page = await log.read_after("c", 0)
         assert [e.seq for e in page.events] == [3]
         assert page.scanned_to == 3
-        assert (await log.head("c")).seq == 3  # expired items still hold their seqs
-        (next_event,) = await log.append("c", _events(4))
+        (next_event,) = await _append(log, "c", 4)
         assert next_event.seq == 4
 
 
@@ -134,10 +138,10 @@ async def test_log_starts_a_new_epoch_when_the_channel_starts_over(
     open_log: OpenLog, make_settings: Callable[..., Settings]
 ) -> None:
     async with open_log() as log:
-        (old,) = await log.append("c", _events(1))
-        await _purge(log, make_settings().table_name, "c", [1])
+        (old,) = await _append(log, "c", 1)
+        await delete_items(make_settings(), "c", [1])
         async with open_log() as fresh_process:
-            (new,) = await fresh_process.append("c", _events(2))
+            (new,) = await _append(fresh_process, "c", 2)
         assert new.seq == 1
         assert new.epoch != old.epoch
         assert parse_event_id(new.event_id) != parse_event_id(old.event_id)
@@ -151,12 +155,136 @@ async def test_store_errors_become_gateway_errors(
     ) as log:
         fault_proxy.refuse = True
         with pytest.raises(StoreUnavailable, match="try again"):
-            await log.append("c", _events(1))
+            await _append(log, "c", 1)
         with pytest.raises(StoreUnavailable):
-            await log.head("c")
+            await log.last_batch("c")
         fault_proxy.refuse = False
-        (stored,) = await log.append("c", _events(1))
+        (stored,) = await _append(log, "c", 1)
         assert stored.seq == 1
     async with open_log(create_table=False, table_name="no-such-table") as log:
         with pytest.raises(StoreMisconfigured, match="SSE_GATEWAY_TABLE_NAME"):
             await log.read_after("c", 0)
+
+
+async def test_a_cached_head_is_not_trusted_once_its_item_may_be_gone(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    now = [1_000_000.0]
+    async with (
+        open_log(clock=lambda: now[0], retention_seconds=60) as mine,
+        open_log(clock=lambda: now[0], retention_seconds=60) as other,
+    ):
+        old = [(await _append(mine, "c", i))[0] for i in range(3)]  # mine caches A-3
+        now[0] += 120
+        await delete_items(make_settings(), "c", [2, 3, 1])  # TTL removed them all
+        (restarted,) = await _append(other, "c", "b")  # a new epoch B at 1
+        (appended,) = await _append(mine, "c", "a")
+        assert appended.epoch == restarted.epoch != old[0].epoch
+        assert appended.seq == restarted.seq + 1
+        assert {item["epoch"]["S"] for item in await raw_items(make_settings(), "c")} == {
+            restarted.epoch
+        }
+
+
+async def test_after_ttl_deleted_the_newest_items_appends_open_a_new_epoch_above_them(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    now = [1_000_000.0]
+    async with open_log(clock=lambda: now[0], retention_seconds=60) as log:
+        old = [(await _append(log, "c", i))[0] for i in range(5)]
+        now[0] += 61  # all five expired
+        await delete_items(make_settings(), "c", [5, 4])  # TTL deletes in any order
+        async with open_log(clock=lambda: now[0], retention_seconds=60) as fresh_process:
+            new = await _append(fresh_process, "c", "x", "y")
+        again = await _append(log, "c", "z")  # a process whose cached head is expired
+    old_ids = {e.event_id for e in old}
+    assert not old_ids & {e.event_id for e in new + again}
+    assert [e.seq for e in new + again] == [4, 5, 6]  # above the surviving item 3
+    assert {e.epoch for e in new + again} == {new[0].epoch} != {old[0].epoch}
+    assert {e.since for e in new + again} == {4}
+
+
+async def test_expiry_never_decreases_with_seq_whatever_the_writers_clocks(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    async with (
+        open_log(clock=lambda: 1_000_000.0, retention_seconds=60) as ahead,
+        open_log(clock=lambda: 999_000.0, retention_seconds=60) as behind,
+    ):
+        await _append(ahead, "c", 1)
+        await _append(behind, "c", 2)  # loses seq 1 to ahead, then writes 2
+        await _append(ahead, "c", 3)
+    items = await raw_items(make_settings(), "c")
+    expiries = [int(item["expires_at"]["N"]) for item in items]
+    assert [int(item["seq"]["N"]) for item in items] == [1, 2, 3]
+    assert expiries == sorted(expiries) and expiries[0] == 1_000_060
+
+
+async def test_a_batch_is_one_item_and_a_cursor_inside_it_resumes_within_it(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    async with open_log() as log:
+        await _append(log, "c", 1, 2, 3)
+        await _append(log, "c", 4)
+        assert [int(i["seq"]["N"]) for i in await raw_items(make_settings(), "c")] == [1, 4]
+        inside = await log.read_after("c", 2, aligned=False)
+        assert ([e.seq for e in inside.events], inside.scanned_to) == ([3, 4], 4)
+        at_end = await log.read_after("c", 3, aligned=False)
+        assert [e.seq for e in at_end.events] == [4]
+        queries = log.stats.queries
+        await log.read_after("c", 3)  # an aligned reader needs no look back
+        assert log.stats.queries == queries + 1
+
+
+async def test_an_idempotency_key_stores_events_once_and_answers_the_original_ids(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    async with open_log() as log, open_log() as other_process:
+        first = await log.append("c", _events(1, 2), idempotency_key="job-7")
+        repeat = await other_process.append("c", _events(1, 2), idempotency_key="job-7")
+        assert (first.replayed, repeat.replayed) == (False, True)
+        assert [e.event_id for e in repeat.events] == [e.event_id for e in first.events]
+        elsewhere = await log.append("d", _events(1, 2), idempotency_key="job-7")
+        assert not elsewhere.replayed  # a key is per channel
+        with pytest.raises(IdempotencyKeyReused, match="new key"):
+            await log.append("c", _events(3), idempotency_key="job-7")
+        concurrent = await asyncio.gather(
+            *(log.append("c", _events("x"), idempotency_key="same") for _ in range(5))
+        )
+        assert len({tuple(e.event_id for e in a.events) for a in concurrent}) == 1
+        assert sum(not a.replayed for a in concurrent) == 1
+    assert await _all_seqs(make_settings(), "c") == [1, 2, 3]
+
+
+async def test_an_idempotency_record_expires_with_its_events(open_log: OpenLog) -> None:
+    now = [1_000_000.0]
+    async with open_log(clock=lambda: now[0], retention_seconds=60) as log:
+        first = await log.append("c", _events(1), idempotency_key="k")
+        now[0] += 61  # TTL has not deleted the record yet, but it has expired
+        later = await log.append("c", _events(2), idempotency_key="k")
+        assert not later.replayed
+        assert later.events[0].event_id != first.events[0].event_id
+
+
+async def test_an_idempotent_append_that_loses_its_slot_keeps_record_and_events_together(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    async with open_log() as mine, open_log() as other:
+        await _append(mine, "c", "a")  # mine caches head = 1
+        await _append(other, "c", "b")
+        keyed = await mine.append("c", _events("k"), idempotency_key="k")  # loses seq 2
+        assert mine.stats.conflicts == 1
+        replay = await other.append("c", _events("k"), idempotency_key="k")
+        assert [e.event_id for e in replay.events] == [e.event_id for e in keyed.events]
+        assert keyed.events[0].seq == 3
+    records = await raw_items(make_settings(), "c#k")
+    assert [(r["first"]["N"], r["count"]["N"]) for r in records] == [("3", "1")]
+
+
+async def _all_seqs(settings: Settings, channel: str) -> list[int]:
+    """Every event seq stored for the channel, from the raw items."""
+    return [
+        int(item["seq"]["N"]) + offset
+        for item in await raw_items(settings, channel)
+        for offset in range(len(item["events"]["L"]))
+    ]

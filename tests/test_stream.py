@@ -17,8 +17,9 @@ from typing import Any
 import jwt
 import pytest
 
+from gateway.items import NewEvent
 from gateway.settings import Settings
-from gateway.store import EventLog, NewEvent
+from gateway.store import EventLog
 from tests.eventstream import EventStreamParser, MessageEvent
 from tests.lambda_events import load_event
 from tests.lambda_runtime import DROP, Outcome, RuntimeAPIEmulator
@@ -115,12 +116,12 @@ async def test_stream_sends_prelude_and_frames_as_they_happen_then_retry_before_
     runtime: Runtime, open_log: OpenLog
 ) -> None:
     async with open_log() as log, runtime() as (emulator, _):
-        (before,) = await log.append("orders:42", [NewEvent('"before"')])
+        (before,) = (await log.append("orders:42", [NewEvent('"before"')])).events
         pending = emulator.invoke(load_event("subscribe"), timeout_seconds=4.0)
         published = []
         for value in ("a", "b", "c"):
             await asyncio.sleep(0.7)
-            published += await log.append("orders:42", [NewEvent(json.dumps(value))])
+            published += (await log.append("orders:42", [NewEvent(json.dumps(value))])).events
         outcome = await asyncio.wait_for(pending, 20)
 
     assert outcome.kind == "response"
@@ -153,11 +154,11 @@ async def test_stream_resumes_across_invocations_of_one_process(
     async with open_log() as log, runtime() as (emulator, runtime_process):
         first = emulator.invoke(load_event("subscribe_query_resume"), timeout_seconds=2.5)
         await asyncio.sleep(0.5)
-        live = await log.append("orders:42", [NewEvent("1"), NewEvent("2")])
+        live = (await log.append("orders:42", [NewEvent("1"), NewEvent("2")])).events
         one = await asyncio.wait_for(first, 20)
         seen, parser = _events(one)
         assert [e.last_event_id for e in seen] == [e.event_id for e in live]
-        missed = await log.append("orders:42", [NewEvent("3"), NewEvent("4")])
+        missed = (await log.append("orders:42", [NewEvent("3"), NewEvent("4")])).events
         resume = load_event("subscribe", last_event_id=parser.last_event_id)
         two = await asyncio.wait_for(emulator.invoke(resume, timeout_seconds=2.0), 20)
         three = await asyncio.wait_for(
