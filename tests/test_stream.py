@@ -183,7 +183,7 @@ async def test_stream_decodes_an_encoded_path_and_query_like_an_asgi_server(
         open_log() as log,
         runtime(SSE_GATEWAY_AUTH_SECRET=SECRET) as (emulator, _),
     ):
-        first, second = await log.append("orders:42", [NewEvent("1"), NewEvent("2")])
+        first, second = (await log.append("orders:42", [NewEvent("1"), NewEvent("2")])).events
         event = load_event("subscribe_encoded")
         event["cookies"] = []
         event["rawQueryString"] = (
@@ -310,7 +310,7 @@ async def test_stream_serves_50_concurrent_invocations_in_one_process(
         runtime(AWS_LAMBDA_MAX_CONCURRENCY="50") as (emulator, runtime_process),
     ):
         await emulator.wait_until(lambda: emulator.polling == 50)
-        before = {channel: await log.append(channel, [NewEvent("0")]) for channel in CHANNELS}
+        before = {c: (await log.append(c, [NewEvent("0")])).events for c in CHANNELS}
         pending = []
         for number in range(50):
             channel = CHANNELS[number % len(CHANNELS)]
@@ -321,7 +321,7 @@ async def test_stream_serves_50_concurrent_invocations_in_one_process(
         published: dict[str, list[Any]] = {channel: [] for channel in CHANNELS}
         for value in range(1, 5):
             for channel in CHANNELS:
-                published[channel] += await log.append(channel, [NewEvent(str(value))])
+                published[channel] += (await log.append(channel, [NewEvent(str(value))])).events
             await asyncio.sleep(0.2)
         outcomes = [(channel, await asyncio.wait_for(f, 30)) for channel, f in pending]
         await emulator.wait_until(lambda: emulator.polling == 50)  # every outcome logged
