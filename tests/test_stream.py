@@ -103,12 +103,12 @@ def _events(outcome: Outcome) -> tuple[list[MessageEvent], EventStreamParser]:
 def _serve(app: str, workers: int = 1) -> str:
     """A runtime process serving one of tests/lambda_apps.py's apps."""
     return (
-        "import asyncio, os, sys; from handlers.logs import log_json_lines;"
-        "from handlers.runtime_api import RuntimeAPI;"
+        "import asyncio, sys; from gateway.settings import load_settings;"
+        "from handlers.logs import log_json_lines; from handlers.runtime_api import RuntimeAPI;"
         "from handlers.stream import serve_invocations;"
         f"from tests.lambda_apps import {app}; log_json_lines(sys.stderr);"
         "asyncio.run(serve_invocations("
-        f"RuntimeAPI(os.environ['AWS_LAMBDA_RUNTIME_API']), {app}, 1.0, {workers}))"
+        f"RuntimeAPI(load_settings().lambda_runtime_api), {app}, 1.0, {workers}))"
     )
 
 
