@@ -5,7 +5,9 @@ A pattern is a channel name whose last ``:``-separated segment may be ``*``,
 which stands for exactly one non-empty segment: ``orders:*`` covers
 ``orders:42`` but neither ``orders-secret``, ``orders:`` nor ``orders:42:x``.
 Tokens are checked by PyJWT with the one configured algorithm, so ``none`` and
-algorithm confusion (an HS256 token signed with an RS256 public key) fail.
+algorithm confusion (an HS256 token signed with an RS256 public key) fail. With
+an audience or issuer configured, PyJWT also requires the matching ``aud`` /
+``iss``, so a token minted for another service is refused.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Authenticator:
             self._key = settings.auth_public_key or ""
         self._algorithm = settings.auth_algorithm
         self._leeway = settings.auth_leeway_seconds
+        self._audience = settings.auth_audience
+        self._issuer = settings.auth_issuer
 
     def grants(self, token: str | None) -> Grants:
         if token is None:
@@ -105,12 +109,18 @@ class Authenticator:
                 self._key,
                 algorithms=[self._algorithm],
                 leeway=self._leeway,
+                audience=self._audience,
+                issuer=self._issuer,
                 options={"require": ["exp", "sse"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the token has expired: get a new one") from exc
         except jwt.ImmatureSignatureError as exc:
             raise Unauthorized("the token is not valid yet (nbf)") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthorized(f"the token is for another audience: {exc}") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthorized(f"the token is from another issuer: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"the token is invalid: {exc}") from exc
         return Grants.from_claim(claims["sse"])

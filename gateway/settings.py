@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from gateway.errors import SettingsError
 
 ENV_PREFIX = "SSE_GATEWAY_"
+# Set by Lambda for a runtime, not by an operator: read under their own names.
+RUNTIME_API_VARIABLE = "AWS_LAMBDA_RUNTIME_API"
+MAX_CONCURRENCY_VARIABLE = "AWS_LAMBDA_MAX_CONCURRENCY"
 
 # DynamoDB caps an item at 400 KB, and one publish is one item (all of its
 # events); the item also holds its key and bookkeeping attributes, so leave
@@ -48,10 +51,15 @@ class Settings(BaseSettings):
     auth_public_key: str | None = None
     auth_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     auth_leeway_seconds: float = Field(10.0, ge=0, le=300)
+    auth_audience: str | None = Field(None, min_length=1)
+    auth_issuer: str | None = Field(None, min_length=1)
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
 
     demo_page: bool = False
     lambda_deadline_margin_seconds: float = Field(3.0, ge=0, le=60)
+    lambda_runtime_api: str | None = Field(None, validation_alias=RUNTIME_API_VARIABLE)
+    # Lambda Managed Instances: invocations one execution environment serves at once.
+    lambda_max_concurrency: int = Field(1, ge=1, le=1600, validation_alias=MAX_CONCURRENCY_VARIABLE)
 
     @field_validator("cors_allowed_origins", mode="before")
     @classmethod
@@ -121,6 +129,16 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            if error["loc"] and error["loc"][0] in Settings.model_fields:
+                name = f"{ENV_PREFIX}{field.upper()}"
+            else:  # a variable read under its own name (AWS_LAMBDA_*), or the whole model
+                name = field or "settings"
             problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
+
+
+def runtime_api_address() -> str | None:
+    """``AWS_LAMBDA_RUNTIME_API`` alone, without validating anything else: a runtime whose
+    other settings are invalid must still report that to the Runtime API."""
+    value = EnvSettingsSource(Settings)().get(RUNTIME_API_VARIABLE)
+    return str(value) if value else None

@@ -1,5 +1,9 @@
 """Lambda function URL events (payload format 2.0) to ASGI and back: pure functions.
 
+The request side follows what an ASGI server does with the request line:
+``rawPath`` arrives percent-encoded (``encodeURIComponent("orders:42")`` sends
+``orders%3A42``), so ``path`` is its decoded form and ``raw_path`` the bytes as
+sent; ``rawQueryString`` passes through untouched and Starlette decodes it.
 The response side is the HTTP integration prelude of a streamed response: a
 JSON object with the status, headers and cookies, then eight NUL bytes, then
 the body as it is produced.
@@ -12,6 +16,7 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.app import DEADLINE_EXTENSION
 
@@ -32,7 +37,7 @@ def to_asgi(event: Any, *, deadline: float | None = None) -> tuple[dict[str, Any
     try:
         http = event["requestContext"]["http"]
         method = str(http["method"]).upper()
-        path = str(event["rawPath"])
+        raw_path = str(event["rawPath"])
     except (KeyError, TypeError) as exc:
         raise InvalidEvent(f"not a function URL event (payload format 2.0): missing {exc}") from exc
     headers: dict[str, str] = {
@@ -42,6 +47,8 @@ def to_asgi(event: Any, *, deadline: float | None = None) -> tuple[dict[str, Any
     if cookies:
         headers["cookie"] = "; ".join(str(c) for c in cookies)
     body = event.get("body") or ""
+    if not isinstance(body, str):
+        raise InvalidEvent("the body is not a string")
     try:
         raw_body = (
             base64.b64decode(body, validate=True) if event.get("isBase64Encoded") else body.encode()
@@ -55,8 +62,8 @@ def to_asgi(event: Any, *, deadline: float | None = None) -> tuple[dict[str, Any
         "http_version": "1.1",
         "method": method,
         "scheme": scheme,
-        "path": path,
-        "raw_path": path.encode(),
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode(),
         "query_string": str(event.get("rawQueryString") or "").encode(),
         "root_path": "",
         "headers": [(k.encode(), v.encode()) for k, v in headers.items()],

@@ -4,7 +4,12 @@ Hand-written on HTTP/1.1 framing from h11 because no maintained Python client
 covers what a streaming runtime needs: a chunked request body written as the
 app produces it, and HTTP trailers to report an error after the first byte
 (``Lambda-Runtime-Function-Error-Type`` / ``-Body``). The Runtime API listens on
-a loopback address, one request per connection keeps this small.
+a loopback address, one request per connection keeps this small, and lets many
+invocations (Lambda Managed Instances) each hold a connection of their own.
+
+Every failure of an exchange, an answer other than the expected status or a
+connection that breaks, is a ``RuntimeAPIError``: the loop that serves
+invocations catches that one type, logs it and goes on.
 """
 
 from __future__ import annotations
@@ -56,17 +61,24 @@ class _Exchange:
         cls, address: str, method: str, target: str, headers: list[tuple[str, str]]
     ) -> _Exchange:
         host, _, port = address.rpartition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError as exc:
+            raise RuntimeAPIError(f"cannot reach the Runtime API at {address}: {exc}") from exc
         exchange = cls(reader, writer)
         request = h11.Request(method=method, target=target, headers=[("Host", address), *headers])
         await exchange._send(request)
         return exchange
 
     async def _send(self, event: h11.Event) -> None:
-        data = self._connection.send(event)
-        if data:
-            self._writer.write(data)
-            await self._writer.drain()
+        try:
+            data = self._connection.send(event)
+            if data:
+                self._writer.write(data)
+                await self._writer.drain()
+        except (OSError, h11.ProtocolError) as exc:
+            self._writer.close()
+            raise RuntimeAPIError(f"the Runtime API connection broke: {exc}") from exc
 
     async def write(self, data: bytes) -> None:
         if data:
@@ -88,14 +100,21 @@ class _Exchange:
                     headers = {k.decode().lower(): v.decode() for k, v in event.headers}
                 elif isinstance(event, h11.Data):
                     body += event.data
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                elif isinstance(event, h11.EndOfMessage):
                     return status, headers, bytes(body)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise RuntimeAPIError("the Runtime API connection broke: closed, no answer")
+        except (OSError, h11.ProtocolError) as exc:
+            raise RuntimeAPIError(f"the Runtime API connection broke: {exc}") from exc
         finally:
             self._writer.close()
 
 
 class RuntimeAPI:
     def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"the Runtime API address must be host:port, not {address!r}")
         self._address = address
         self._base = f"/{API_VERSION}/runtime"
 
@@ -158,12 +177,23 @@ class RuntimeAPI:
 class ResponseStream:
     def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange
+        self.open = True  # until finished, or broken by a failed write
 
     async def write(self, data: bytes) -> None:
-        await self._exchange.write(data)
+        try:
+            await self._exchange.write(data)
+        except RuntimeAPIError:
+            self.open = False
+            raise
 
     async def finish(self, error: BaseException | None = None) -> None:
-        """End the response; an ``error`` after the first byte travels in the trailers."""
+        """End the response; an ``error`` after the first byte travels in the trailers.
+
+        Only the first call on an open stream sends anything: a response is ended once.
+        """
+        if not self.open:
+            return
+        self.open = False
         trailers = []
         if error is not None:
             body = json.dumps(error_payload(error, "Runtime.StreamError")).encode()

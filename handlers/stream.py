@@ -8,7 +8,17 @@ as an ASGI request against the gateway app, and writes every body chunk to the
 streamed response the moment the app sends it.
 
 The settings, the DynamoDB client and the app are built once per execution
-environment; one process serves invocation after invocation.
+environment. On Lambda Managed Instances (``AWS_LAMBDA_MAX_CONCURRENCY`` set)
+that many workers, asyncio tasks of one process, each long-poll
+``/invocation/next`` and serve their invocations concurrently; all of them
+share the one app, so N connections to a channel share one tail loop and cost
+one query per poll. AWS's own Python runtime serves that mode with a process
+per concurrent request, which could share nothing.
+
+A worker never dies of an invocation: whatever fails is reported where the
+Runtime API still takes it, logged with the request id, and the worker takes
+the next one. Nothing stops code at the deadline on Managed Instances, so an
+invocation that outlives its deadline is cancelled here.
 """
 
 from __future__ import annotations
@@ -16,18 +26,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NoReturn
 
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import SettingsError
-from gateway.settings import load_settings
+from gateway.redaction import redact_target
+from gateway.settings import RUNTIME_API_VARIABLE, load_settings, runtime_api_address
 from gateway.store import EventLog
-from handlers.function_url import prelude, to_asgi
-from handlers.runtime_api import Invocation, ResponseStream, RuntimeAPI
+from handlers.function_url import InvalidEvent, prelude, to_asgi
+from handlers.logs import log_json_lines, request_id
+from handlers.runtime_api import Invocation, ResponseStream, RuntimeAPI, RuntimeAPIError
 
 logger = logging.getLogger("sse_gateway.lambda")
 
@@ -40,6 +53,10 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
+# A failed /next is retried after this long, doubling up to the maximum.
+NEXT_RETRY_SECONDS = 0.05
+NEXT_RETRY_MAX_SECONDS = 2.0
+
 
 class _AsgiInvocation:
     """One invocation as one ASGI HTTP request; the response streams as it is sent."""
@@ -48,8 +65,7 @@ class _AsgiInvocation:
         self._runtime = runtime
         self._request_id = request_id
         self._body: bytes | None = body
-        self._status = 500
-        self._headers: list[tuple[bytes, bytes]] = []
+        self.status = 500
         self.stream: ResponseStream | None = None
         self.finished = asyncio.Event()
 
@@ -64,13 +80,15 @@ class _AsgiInvocation:
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            self._status = int(message["status"])
-            self._headers = list(message.get("headers", []))
+            # The status and headers go out at once, as an HTTP server sends them: a
+            # resumed session may have no byte of body to send for a while.
+            self.status = int(message["status"])
+            self.stream = await self._runtime.start_stream(
+                self._request_id, prelude(self.status, message.get("headers", []))
+            )
         elif message["type"] == "http.response.body" and not self.finished.is_set():
             if self.stream is None:
-                self.stream = await self._runtime.start_stream(
-                    self._request_id, prelude(self._status, self._headers)
-                )
+                raise RuntimeError("the app sent a body before http.response.start")
             await self.stream.write(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 await self.stream.finish()
@@ -81,62 +99,122 @@ class _AsgiInvocation:
 
 def session_deadline(invocation: Invocation, margin_seconds: float) -> float:
     """The invocation's deadline on ``time.monotonic``, less a margin to say goodbye."""
-    remaining = invocation.deadline_ms / 1000 - time.time()
-    return time.monotonic() + remaining - margin_seconds
+    return _remaining_seconds(invocation) + time.monotonic() - margin_seconds
+
+
+def _remaining_seconds(invocation: Invocation) -> float:
+    return invocation.deadline_ms / 1000 - time.time()
+
+
+def _target(scope: MutableMapping[str, Any]) -> str:
+    query = scope["query_string"].decode("latin-1")
+    raw = scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")
+    return redact_target(raw)
 
 
 async def handle_invocation(
     runtime: RuntimeAPI, app: ASGIApp, invocation: Invocation, margin_seconds: float
 ) -> None:
+    """Serve one invocation. A failure is reported to the Runtime API while it still
+    takes one (the error endpoint before the response starts, trailers after); what
+    cannot be reported any more raises ``RuntimeAPIError``."""
     try:
         scope, body = to_asgi(
             invocation.event, deadline=session_deadline(invocation, margin_seconds)
         )
-    except ValueError as exc:
+    except InvalidEvent as exc:
+        logger.warning("refused the invocation: %s", exc)
         await runtime.invocation_error(invocation.request_id, exc)
         return
     asgi = _AsgiInvocation(runtime, invocation.request_id, body)
+    target = f"{scope['method']} {_target(scope)}"
+    guard = asyncio.timeout(_remaining_seconds(invocation))
     try:
-        await app(scope, asgi.receive, asgi.send)
+        async with guard:
+            await app(scope, asgi.receive, asgi.send)
         if asgi.stream is None:
             raise RuntimeError("the app returned without sending a response")
-    except Exception as exc:
-        logger.exception("invocation %s failed", invocation.request_id)
-        if asgi.stream is None:
-            await runtime.invocation_error(invocation.request_id, exc)
-        elif not asgi.finished.is_set():
-            await asgi.stream.finish(error=exc)
-        return
-    if not asgi.finished.is_set():
         await asgi.stream.finish()
+    except Exception as exc:
+        error = TimeoutError("the invocation ran past its deadline") if guard.expired() else exc
+        logger.error("%s failed: %s", target, error, exc_info=exc)
+        if asgi.stream is None:
+            await runtime.invocation_error(invocation.request_id, error)
+        else:
+            await asgi.stream.finish(error=error)  # nothing more to send if it broke or ended
+        return
+    logger.info("%s %d", target, asgi.status)
 
 
-async def serve_invocations(runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float) -> None:
+async def _worker(runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float) -> NoReturn:
+    retry_in = NEXT_RETRY_SECONDS
     while True:
-        invocation = await runtime.next_invocation()
-        await handle_invocation(runtime, app, invocation, margin_seconds)
+        try:
+            invocation = await runtime.next_invocation()
+        except RuntimeAPIError as exc:
+            logger.warning("no next invocation (%s); asking again in %.2f s", exc, retry_in)
+            await asyncio.sleep(retry_in)
+            retry_in = min(retry_in * 2, NEXT_RETRY_MAX_SECONDS)
+            continue
+        retry_in = NEXT_RETRY_SECONDS
+        token = request_id.set(invocation.request_id)
+        try:
+            await handle_invocation(runtime, app, invocation, margin_seconds)
+        except Exception:
+            logger.exception("the invocation's outcome could not be sent to the Runtime API")
+        finally:
+            request_id.reset(token)
 
 
-async def run(runtime_api: str) -> None:
-    runtime = RuntimeAPI(runtime_api)
+async def serve_invocations(
+    runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float, workers: int = 1
+) -> None:
+    """Serve invocations forever, ``workers`` at a time, all on the one ``app``."""
+    async with asyncio.TaskGroup() as group:
+        for number in range(workers):
+            group.create_task(_worker(runtime, app, margin_seconds), name=f"worker-{number}")
+
+
+async def _fail_start(address: str | None, exc: Exception, error_type: str) -> NoReturn:
+    logger.error("start-up failed: %s", exc, exc_info=exc)
+    if address is not None:
+        try:
+            await RuntimeAPI(address).init_error(exc, error_type)
+        except (RuntimeAPIError, ValueError) as report:
+            logger.error("could not report the start-up failure: %s", report)
+    raise SystemExit(1) from exc
+
+
+async def run(runtime_api: str | None) -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        await _fail_start(runtime_api or runtime_api_address(), exc, "Runtime.ConfigurationError")
+    address = runtime_api or settings.lambda_runtime_api
+    if address is None:
+        missing = SettingsError(f"set {RUNTIME_API_VARIABLE} (Lambda does) or pass --runtime-api")
+        await _fail_start(None, missing, "Runtime.ConfigurationError")
     async with AsyncExitStack() as stack:
         try:
-            settings = load_settings()
+            runtime = RuntimeAPI(address)
             client = await stack.enter_async_context(open_dynamodb(settings))
             store = EventLog.for_settings(client, settings)
             app = create_app(settings, store, publish=False)
         except Exception as exc:
-            kind = "ConfigurationError" if isinstance(exc, SettingsError) else "InitError"
-            await runtime.init_error(exc, f"Runtime.{kind}")
-            raise SystemExit(1) from exc
-        await serve_invocations(runtime, app, settings.lambda_deadline_margin_seconds)
+            await _fail_start(address, exc, "Runtime.InitError")
+        logger.info("serving %d invocation(s) at a time", settings.lambda_max_concurrency)
+        await serve_invocations(
+            runtime, app, settings.lambda_deadline_margin_seconds, settings.lambda_max_concurrency
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m handlers.stream", description=__doc__)
-    parser.add_argument("--runtime-api", required=True, help="host:port of the Lambda Runtime API")
+    parser.add_argument(
+        "--runtime-api", help=f"host:port of the Runtime API (default: ${RUNTIME_API_VARIABLE})"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_json_lines(sys.stderr)
     asyncio.run(run(args.runtime_api))
 
 

@@ -221,3 +221,40 @@ async def test_app_reads_the_token_from_query_or_cookie_for_eventsource(
     async with httpx.AsyncClient(cookies={"sse_token": mint(GRANT)}) as with_cookie:
         by_cookie = await read_session(with_cookie, url)
     assert by_cookie.status == 200
+
+
+AUDIENCE, ISSUER = "sse-gateway", "https://auth.example.com"
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        ({"iss": ISSUER}, 'missing the "aud" claim'),
+        ({"aud": AUDIENCE}, 'missing the "iss" claim'),
+        ({"aud": "another-service", "iss": ISSUER}, "another audience"),
+        ({"aud": AUDIENCE, "iss": "https://evil.example.com"}, "another issuer"),
+    ],
+)
+def test_authenticator_with_audience_and_issuer_refuses_other_tokens(
+    claims: dict[str, Any], error: str
+) -> None:
+    settings = Settings(auth_secret=SECRET, auth_audience=AUDIENCE, auth_issuer=ISSUER)
+    authenticator = Authenticator(settings)
+    with pytest.raises(Unauthorized, match=error):
+        authenticator.grants(mint({**GRANT, **claims}))
+    matching = mint({**GRANT, "aud": [AUDIENCE, "other"], "iss": ISSUER})
+    assert authenticator.grants(matching).allows(Action.SUBSCRIBE, "orders:1")
+
+
+async def test_app_answers_401_to_a_token_for_another_audience(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(auth_secret=SECRET, auth_audience=AUDIENCE, auth_issuer=ISSUER)
+    url = f"{server.url}/channels/orders:42/events"
+    other = mint({**GRANT, "aud": "another-service", "iss": ISSUER})
+    refused = await http.post(url, json={"data": 1}, headers={"authorization": f"Bearer {other}"})
+    assert refused.status_code == 401
+    assert "another audience" in refused.json()["error"]["message"]
+    ours = mint({**GRANT, "aud": AUDIENCE, "iss": ISSUER})
+    accepted = await http.post(url, json={"data": 1}, headers={"authorization": f"Bearer {ours}"})
+    assert accepted.status_code == 201

@@ -9,10 +9,12 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 import pytest
 
 from gateway.items import NewEvent
@@ -20,58 +22,94 @@ from gateway.settings import Settings
 from gateway.store import EventLog
 from tests.eventstream import EventStreamParser, MessageEvent
 from tests.lambda_events import load_event
-from tests.lambda_runtime import Outcome, RuntimeAPIEmulator
+from tests.lambda_runtime import DROP, Outcome, RuntimeAPIEmulator
+from tests.servers import FaultProxy
 
 OpenLog = Callable[..., AbstractAsyncContextManager[EventLog]]
-Runtime = Callable[..., AbstractAsyncContextManager[tuple[RuntimeAPIEmulator, Any]]]
+SECRET = "a-test-secret-that-is-long-enough-0123456789"
+
+
+@dataclass
+class RuntimeProcess:
+    process: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)  # complete once the process has ended
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Every line the runtime wrote, each of which must be a JSON object."""
+        return [json.loads(line) for line in self.lines]
+
+
+Runtime = Callable[..., AbstractAsyncContextManager[tuple[RuntimeAPIEmulator, RuntimeProcess]]]
 
 
 @pytest.fixture
 def runtime(make_settings: Callable[..., Settings]) -> Runtime:
-    """A factory: an emulator and ``python -m handlers.stream`` (or ``code``) against it."""
+    """A factory: an emulator and ``python -m handlers.stream`` (or ``code``) against it,
+    found through ``AWS_LAMBDA_RUNTIME_API`` as Lambda starts a runtime."""
 
     @asynccontextmanager
     async def start(
-        code: str | None = None, warm: bool = True, **env: str
-    ) -> AsyncIterator[tuple[RuntimeAPIEmulator, Any]]:
+        code: str | None = None, warm: bool = True, next_faults: Sequence[int] = (), **env: str
+    ) -> AsyncIterator[tuple[RuntimeAPIEmulator, RuntimeProcess]]:
         settings = make_settings()
-        environment = {
-            **os.environ,
-            "SSE_GATEWAY_TABLE_NAME": settings.table_name,
-            "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": str(settings.dynamodb_endpoint_url),
-            "SSE_GATEWAY_RETRY_MS": "50",
-            "SSE_GATEWAY_POLL_MAX_SECONDS": "0.2",
-            "SSE_GATEWAY_LAMBDA_DEADLINE_MARGIN_SECONDS": "1",
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            **env,
-        }
         async with RuntimeAPIEmulator() as emulator:
-            command = ["-m", "handlers.stream", "--runtime-api", emulator.address]
-            if code is not None:
-                command = ["-c", code.replace("ADDRESS", emulator.address)]
+            environment = {
+                **os.environ,
+                "AWS_LAMBDA_RUNTIME_API": emulator.address,
+                "SSE_GATEWAY_TABLE_NAME": settings.table_name,
+                "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": str(settings.dynamodb_endpoint_url),
+                "SSE_GATEWAY_RETRY_MS": "50",
+                "SSE_GATEWAY_POLL_MAX_SECONDS": "0.2",
+                "SSE_GATEWAY_LAMBDA_DEADLINE_MARGIN_SECONDS": "1",
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                **env,
+            }
+            for status in next_faults:
+                emulator.fail_next(status)
+            command = ["-m", "handlers.stream"] if code is None else ["-c", code]
             process = await asyncio.create_subprocess_exec(
                 sys.executable, *command, env=environment, stderr=asyncio.subprocess.PIPE
             )
+            runtime = RuntimeProcess(process)
+            collect = asyncio.create_task(_collect_lines(process, runtime.lines))
             try:
                 if warm:  # a first invocation, so later ones do not wait for imports
                     ready = await asyncio.wait_for(emulator.invoke(load_event("healthz"), 10), 30)
                     assert ready.prelude["statusCode"] == 200
-                yield emulator, process
+                yield emulator, runtime
             finally:
                 if process.returncode is None:
                     process.kill()
                 await process.wait()
-                assert process.stderr is not None
-                print((await process.stderr.read()).decode())  # shown when a test fails
+                await collect
+                print("\n".join(runtime.lines))  # shown when a test fails
 
     return start
+
+
+async def _collect_lines(process: asyncio.subprocess.Process, lines: list[str]) -> None:
+    assert process.stderr is not None
+    async for line in process.stderr:
+        lines.append(line.decode().rstrip("\n"))
 
 
 def _events(outcome: Outcome) -> tuple[list[MessageEvent], EventStreamParser]:
     parser = EventStreamParser()
     return parser.feed(outcome.payload), parser
+
+
+def _serve(app: str, workers: int = 1) -> str:
+    """A runtime process serving one of tests/lambda_apps.py's apps."""
+    return (
+        "import asyncio, sys; from gateway.settings import load_settings;"
+        "from handlers.logs import log_json_lines; from handlers.runtime_api import RuntimeAPI;"
+        "from handlers.stream import serve_invocations;"
+        f"from tests.lambda_apps import {app}; log_json_lines(sys.stderr);"
+        "asyncio.run(serve_invocations("
+        f"RuntimeAPI(load_settings().lambda_runtime_api), {app}, 1.0, {workers}))"
+    )
 
 
 async def test_stream_sends_prelude_and_frames_as_they_happen_then_retry_before_deadline(
@@ -106,12 +144,14 @@ async def test_stream_sends_prelude_and_frames_as_they_happen_then_retry_before_
     # The session ended itself, with its margin, before Lambda's deadline.
     assert outcome.finished_at < outcome.deadline
     assert before.event_id not in [e.last_event_id for e in events]
+    # Without AWS_LAMBDA_MAX_CONCURRENCY, one invocation at a time.
+    assert emulator.most_polling == 1
 
 
 async def test_stream_resumes_across_invocations_of_one_process(
     runtime: Runtime, open_log: OpenLog
 ) -> None:
-    async with open_log() as log, runtime() as (emulator, process):
+    async with open_log() as log, runtime() as (emulator, runtime_process):
         first = emulator.invoke(load_event("subscribe_query_resume"), timeout_seconds=2.5)
         await asyncio.sleep(0.5)
         live = (await log.append("orders:42", [NewEvent("1"), NewEvent("2")])).events
@@ -124,7 +164,7 @@ async def test_stream_resumes_across_invocations_of_one_process(
         three = await asyncio.wait_for(
             emulator.invoke(load_event("subscribe"), timeout_seconds=1.5), 20
         )
-        assert process.returncode is None  # one process served all three
+        assert runtime_process.process.returncode is None  # one process served all three
 
     resumed, _ = _events(two)
     assert [e.last_event_id for e in resumed] == [e.event_id for e in missed]
@@ -132,27 +172,50 @@ async def test_stream_resumes_across_invocations_of_one_process(
     assert fresh == [] and fresh_parser.last_event_id == missed[-1].event_id
 
 
+async def test_stream_decodes_an_encoded_path_and_query_like_an_asgi_server(
+    runtime: Runtime, open_log: OpenLog
+) -> None:
+    """``new EventSource("/channels/" + encodeURIComponent("orders:42") + "/events?...")``."""
+    token = jwt.encode(
+        {"exp": 2_000_000_000, "sse": {"subscribe": ["orders:*"]}}, SECRET, algorithm="HS256"
+    )
+    async with (
+        open_log() as log,
+        runtime(SSE_GATEWAY_AUTH_SECRET=SECRET) as (emulator, _),
+    ):
+        first, second = (await log.append("orders:42", [NewEvent("1"), NewEvent("2")])).events
+        event = load_event("subscribe_encoded")
+        event["cookies"] = []
+        event["rawQueryString"] = (
+            f"token={token.replace('.', '%2E')}&last_event_id={first.event_id.replace('-', '%2D')}"
+        )
+        outcome = await asyncio.wait_for(emulator.invoke(event, timeout_seconds=1.5), 20)
+        event["rawQueryString"] = ""
+        refused = await asyncio.wait_for(emulator.invoke(event, timeout_seconds=1.5), 20)
+
+    assert outcome.prelude["statusCode"] == 200
+    events, _ = _events(outcome)
+    assert [e.last_event_id for e in events] == [second.event_id]
+    assert refused.prelude["statusCode"] == 401  # the token was what let the first one in
+
+
 async def test_stream_reports_a_bad_invocation_to_the_error_endpoint_and_goes_on(
     runtime: Runtime,
 ) -> None:
-    async with runtime() as (emulator, process):
+    async with runtime() as (emulator, runtime_process):
         bad = await asyncio.wait_for(emulator.invoke({"not": "a url event"}, 5), 20)
         good = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.5), 20)
-        assert process.returncode is None
+        assert runtime_process.process.returncode is None
     assert bad.kind == "error"
     assert bad.headers["lambda-runtime-function-error-type"] == "InvalidEvent"
     assert "function URL event" in json.loads(bad.body)["errorMessage"]
     assert (good.kind, good.prelude["statusCode"]) == ("response", 200)
+    (refusal,) = [line for line in runtime_process.logs() if line["message"].startswith("refused")]
+    assert refusal["requestId"] == bad.request_id and refusal["level"] == "WARNING"
 
 
 async def test_stream_reports_an_error_after_the_first_byte_in_trailers(runtime: Runtime) -> None:
-    code = (
-        "import asyncio; from handlers.runtime_api import RuntimeAPI;"
-        "from handlers.stream import serve_invocations;"
-        "from tests.lambda_apps import fails_after_first_byte;"
-        "asyncio.run(serve_invocations(RuntimeAPI('ADDRESS'), fails_after_first_byte, 1.0))"
-    )
-    async with runtime(code, warm=False) as (emulator, _):
+    async with runtime(_serve("fails_after_first_byte"), warm=False) as (emulator, _):
         outcome = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 5), 20)
     assert outcome.kind == "response"
     assert outcome.payload == b"partial"
@@ -161,9 +224,163 @@ async def test_stream_reports_an_error_after_the_first_byte_in_trailers(runtime:
     assert body["errorMessage"] == "the app broke mid-stream"
 
 
+async def test_stream_cancels_an_invocation_at_its_deadline_and_serves_the_next(
+    runtime: Runtime,
+) -> None:
+    """Nothing stops code at the deadline on Managed Instances: the loop must."""
+    async with runtime(_serve("never_finishes"), warm=False) as (emulator, _):
+        first = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.0), 20)
+        second = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.0), 20)
+    for outcome in (first, second):
+        assert outcome.payload == b"forever"
+        assert outcome.finished_at >= outcome.deadline
+        body = json.loads(base64.b64decode(outcome.trailers["lambda-runtime-function-error-body"]))
+        assert body["errorMessage"] == "the invocation ran past its deadline"
+
+
 async def test_stream_reports_invalid_settings_to_init_error(runtime: Runtime) -> None:
-    async with runtime(warm=False, SSE_GATEWAY_RETRY_MS="-5") as (emulator, process):
+    async with runtime(warm=False, SSE_GATEWAY_RETRY_MS="-5") as (emulator, runtime_process):
         headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
-        assert await asyncio.wait_for(process.wait(), 20) == 1
+        assert await asyncio.wait_for(runtime_process.process.wait(), 20) == 1
     assert headers["lambda-runtime-function-error-type"] == "Runtime.ConfigurationError"
     assert "SSE_GATEWAY_RETRY_MS" in error["errorMessage"]
+
+
+async def test_stream_names_an_invalid_max_concurrency_in_its_init_error(runtime: Runtime) -> None:
+    async with runtime(warm=False, AWS_LAMBDA_MAX_CONCURRENCY="0") as (emulator, _):
+        headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
+    assert headers["lambda-runtime-function-error-type"] == "Runtime.ConfigurationError"
+    assert "AWS_LAMBDA_MAX_CONCURRENCY: Input should be greater than or equal to 1" in str(error)
+
+
+async def test_stream_without_a_runtime_api_says_which_variable_to_set() -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_RUNTIME_API"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "handlers.stream", env=environment, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    (line,) = [json.loads(line) for line in stderr.decode().splitlines()]
+    assert "set AWS_LAMBDA_RUNTIME_API" in line["message"] and line["level"] == "ERROR"
+
+
+async def test_stream_retries_a_failed_next_invocation(runtime: Runtime) -> None:
+    async with runtime(next_faults=[500, DROP]) as (emulator, runtime_process):
+        # The warm-up invocation was served after both failures.
+        outcome = await asyncio.wait_for(emulator.invoke(load_event("healthz"), 5), 20)
+        assert runtime_process.process.returncode is None
+    assert outcome.prelude["statusCode"] == 200
+    retries = [line for line in runtime_process.logs() if "no next invocation" in line["message"]]
+    assert len(retries) == 2
+    assert "answered 500" in retries[0]["message"]
+    assert "connection broke" in retries[1]["message"]
+
+
+@pytest.mark.parametrize("fault", [500, DROP], ids=["answered-500", "connection-dropped"])
+async def test_stream_survives_a_failed_response_and_serves_the_next(
+    runtime: Runtime, open_log: OpenLog, fault: int
+) -> None:
+    """Writing or finishing a streamed response fails: log it, take the next invocation."""
+    async with (
+        open_log(),
+        runtime(SSE_GATEWAY_HEARTBEAT_SECONDS="0.1") as (emulator, runtime_process),
+    ):
+        emulator.fail_response(fault)
+        failed = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 2.0), 20)
+        after = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.5), 20)
+        assert runtime_process.process.returncode is None
+    assert failed.answered == fault
+    assert (after.answered, after.prelude["statusCode"]) == (202, 200)
+    errors = [line for line in runtime_process.logs() if line["level"] == "ERROR"]
+    assert errors and all(line["requestId"] == failed.request_id for line in errors)
+    assert errors[0]["errorType"] in ("RuntimeAPIError", "ExceptionGroup")
+
+
+CHANNELS = [f"lmi:{number}" for number in range(5)]
+
+
+async def test_stream_serves_50_concurrent_invocations_in_one_process(
+    runtime: Runtime, open_log: OpenLog
+) -> None:
+    """Lambda Managed Instances: 50 invocations at once, 10 on each of 5 channels, each
+    resuming after an event of its channel; every one gets its channel's events, each
+    exactly once and in order, and ends itself before its own deadline."""
+    async with (
+        open_log() as log,
+        runtime(AWS_LAMBDA_MAX_CONCURRENCY="50") as (emulator, runtime_process),
+    ):
+        await emulator.wait_until(lambda: emulator.polling == 50)
+        before = {c: (await log.append(c, [NewEvent("0")])).events for c in CHANNELS}
+        pending = []
+        for number in range(50):
+            channel = CHANNELS[number % len(CHANNELS)]
+            event = load_event("subscribe", last_event_id=before[channel][0].event_id)
+            event["rawPath"] = f"/channels/{channel}/events"
+            pending.append((channel, emulator.invoke(event, timeout_seconds=5.0)))
+        await emulator.wait_until(lambda: emulator.streams_started == 1 + 50)  # + the warm-up
+        published: dict[str, list[Any]] = {channel: [] for channel in CHANNELS}
+        for value in range(1, 5):
+            for channel in CHANNELS:
+                published[channel] += (await log.append(channel, [NewEvent(str(value))])).events
+            await asyncio.sleep(0.2)
+        outcomes = [(channel, await asyncio.wait_for(f, 30)) for channel, f in pending]
+        await emulator.wait_until(lambda: emulator.polling == 50)  # every outcome logged
+        assert runtime_process.process.returncode is None
+
+    assert emulator.most_polling == 50  # 50 workers, each on its own connection
+    for channel, outcome in outcomes:
+        events, _ = _events(outcome)
+        assert [e.last_event_id for e in events] == [e.event_id for e in published[channel]]
+        assert outcome.finished_at < outcome.deadline
+    served = [line for line in runtime_process.logs() if line["message"].startswith("GET /chan")]
+    assert sorted(line["requestId"] for line in served) == sorted(o.request_id for _, o in outcomes)
+
+
+async def test_stream_polls_a_channel_once_however_many_invocations_follow_it(
+    runtime: Runtime, open_log: OpenLog, fault_proxy: FaultProxy
+) -> None:
+    """DynamoDB requests are counted outside the runtime, by a proxy in front of moto,
+    over the same idle window with 1 and with 50 invocations on one channel."""
+    async with (
+        open_log(),
+        runtime(
+            AWS_LAMBDA_MAX_CONCURRENCY="50", SSE_GATEWAY_DYNAMODB_ENDPOINT_URL=fault_proxy.url
+        ) as (emulator, _),
+    ):
+
+        async def requests_while_streaming(invocations: int) -> int:
+            await emulator.wait_until(lambda: emulator.polling == 50)
+            started = emulator.payloads_started
+            pending = [emulator.invoke(load_event("subscribe"), 4.0) for _ in range(invocations)]
+            # Each session's first frame (its head id) is in: they all read the head.
+            await emulator.wait_until(lambda: emulator.payloads_started == started + invocations)
+            fault_proxy.seen.clear()
+            await asyncio.sleep(1.5)
+            requests = len(fault_proxy.seen)
+            await asyncio.wait_for(asyncio.gather(*pending), 30)
+            return requests
+
+        one = await requests_while_streaming(1)
+        fifty = await requests_while_streaming(50)
+
+    assert one >= 3  # the tail loop polls during the window
+    assert fifty <= 2 * one + 2  # one loop per channel: 50 loops would make ~50 times as many
+
+
+async def test_stream_logs_json_lines_with_each_invocations_request_id(runtime: Runtime) -> None:
+    async with runtime(_serve("logs_around_a_pause", workers=2), warm=False) as (emulator, rp):
+        await emulator.wait_until(lambda: emulator.polling == 2)
+        events = [load_event("healthz") for _ in range(2)]
+        events[0]["rawPath"], events[1]["rawPath"] = "/a", "/b"
+        a, b = await asyncio.gather(*(emulator.invoke(event, 5) for event in events))
+        await emulator.wait_until(lambda: emulator.polling == 2)  # both outcomes logged
+
+    request_ids = {"/a": a.request_id, "/b": b.request_id}
+    app_lines = [line for line in rp.logs() if line["logger"] == "tests.lambda_apps"]
+    # The two invocations ran at once, their lines interleaved ...
+    assert [line["message"].split()[0] for line in app_lines] == ["begin", "begin", "end", "end"]
+    # ... and each line names the invocation that wrote it.
+    for line in app_lines:
+        assert line["requestId"] == request_ids[line["message"].split()[1]]
+    served = {line["message"]: line["requestId"] for line in rp.logs() if "204" in line["message"]}
+    assert served == {"GET /a 204": a.request_id, "GET /b 204": b.request_id}

@@ -1,10 +1,13 @@
 """template.yaml against the code: the table the store uses, the routes each
-function serves, least privilege, and settings that exist."""
+function serves, least privilege, settings that exist, both deployment modes,
+and the secure defaults, whose Rules and Conditions are evaluated here for
+given parameters (CloudFormation itself is out of reach of the tests)."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +103,12 @@ def test_template_session_deadline_follows_the_timeout(template: dict[str, Any])
     }
 
 
+FUNCTIONS = ("SubscribeFunction", "ManagedSubscribeFunction", "PublishFunction")
+
+
 def test_template_handlers_and_settings_exist(template: dict[str, Any]) -> None:
     names = [template["Globals"]["Function"]["Environment"]["Variables"]]
-    for resource in ("SubscribeFunction", "PublishFunction"):
+    for resource in FUNCTIONS:
         function = _function(template, resource)
         module, attribute = function["Handler"].rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), attribute))
@@ -114,9 +120,177 @@ def test_template_handlers_and_settings_exist(template: dict[str, Any]) -> None:
 
 def test_template_configures_cors_in_one_place(template: dict[str, Any]) -> None:
     groups = [template["Globals"]["Function"]["Environment"]["Variables"]]
-    for resource in ("SubscribeFunction", "PublishFunction"):
+    for resource in FUNCTIONS:
         function = _function(template, resource)
         assert "Cors" in function["FunctionUrlConfig"]
         groups.append(function.get("Environment", {}).get("Variables", {}))
     # The app's own CORS middleware stays off behind the function URLs.
     assert all(f"{ENV_PREFIX}CORS_ALLOWED_ORIGINS" not in group for group in groups)
+
+
+def _evaluate(node: Any, parameters: dict[str, Any], template: dict[str, Any]) -> Any:
+    """A CloudFormation condition or rule expression, for the given parameter values."""
+
+    def value(argument: Any) -> Any:
+        return _evaluate(argument, parameters, template)
+
+    if isinstance(node, list):
+        return [value(item) for item in node]
+    if not isinstance(node, dict) or len(node) != 1:
+        return node
+    ((function, argument),) = node.items()
+    match function:
+        case "Ref":  # a pseudo parameter (AWS::NoValue) stays as it is
+            return parameters.get(argument, node)
+        case "Condition":
+            return value(template["Conditions"][argument])
+        case "Equals":
+            left, right = value(argument)
+            return left == right
+        case "Not":
+            return not value(argument)[0]
+        case "And":
+            return all(value(argument))
+        case "Or":
+            return any(value(argument))
+        case "Contains":
+            values, wanted = value(argument)
+            return wanted in values
+        case "Join":
+            separator, values = value(argument)
+            return separator.join(values)
+        case "If":
+            condition, when_true, when_false = argument
+            return value(when_true if value({"Condition": condition}) else when_false)
+    return node
+
+
+def _parameters(template: dict[str, Any], **overrides: str) -> dict[str, Any]:
+    """Parameter values as a deployment would pass them: the defaults, then ``overrides``."""
+    values = {}
+    for name, parameter in template["Parameters"].items():
+        raw = str(overrides.get(name, parameter.get("Default", "")))
+        values[name] = raw.split(",") if parameter["Type"] == "CommaDelimitedList" else raw
+    return values
+
+
+def _refused(template: dict[str, Any], **overrides: str) -> list[str]:
+    """The AssertDescriptions of the template's Rules that refuse these parameters."""
+    parameters = _parameters(template, **overrides)
+    return [
+        assertion["AssertDescription"]
+        for rule in template["Rules"].values()
+        if _evaluate(rule["RuleCondition"], parameters, template)
+        for assertion in rule["Assertions"]
+        if not _evaluate(assertion["Assert"], parameters, template)
+    ]
+
+
+SECRET = "s" * 32
+NETWORK = {"SubnetIds": "subnet-0a,subnet-0b,subnet-0c", "SecurityGroupIds": "sg-0a"}
+
+
+def test_template_as_it_is_refuses_to_deploy_without_auth(template: dict[str, Any]) -> None:
+    (refusal,) = _refused(template)
+    assert "AuthSecret" in refusal and "AllowAnonymousSubscribe=true" in refusal
+    assert _refused(template, AuthSecret=SECRET) == []
+    assert _refused(template, AuthPublicKey="-----BEGIN PUBLIC KEY-----...") == []
+    assert _refused(template, AllowAnonymousSubscribe="true") == []
+    assert template["Parameters"]["AuthSecret"]["NoEcho"] is True
+
+
+def test_template_says_in_its_outputs_who_may_subscribe(template: dict[str, Any]) -> None:
+    output = template["Outputs"]["SubscribeAuth"]["Value"]
+    anonymous = _evaluate(output, _parameters(template, AllowAnonymousSubscribe="true"), template)
+    assert anonymous.startswith("NONE")
+    with_secret = _evaluate(output, _parameters(template, AuthSecret=SECRET), template)
+    assert with_secret.startswith("JWT")
+
+
+@pytest.mark.parametrize(
+    ("origins", "credentials"),
+    [
+        ("*", False),
+        ("https://app.example.com", True),
+        ("https://a.example,https://b.example", True),
+    ],
+)
+def test_template_allows_credentials_on_the_subscribe_url_only_for_listed_origins(
+    template: dict[str, Any], origins: str, credentials: bool
+) -> None:
+    parameters = _parameters(template, AllowedOrigins=origins)
+    for name in ("SubscribeFunction", "ManagedSubscribeFunction"):
+        cors = _function(template, name)["FunctionUrlConfig"]["Cors"]
+        assert _evaluate(cors["AllowCredentials"], parameters, template) is credentials
+
+
+def test_template_passes_audience_and_issuer_only_when_set(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for parameter, variable in [("AuthAudience", "AUTH_AUDIENCE"), ("AuthIssuer", "AUTH_ISSUER")]:
+        expression = variables[f"{ENV_PREFIX}{variable}"]
+        unset = _evaluate(expression, _parameters(template), template)
+        assert unset == {"Ref": "AWS::NoValue"}
+        assert _evaluate(expression, _parameters(template, **{parameter: "x"}), template) == "x"
+
+
+@pytest.mark.parametrize("mode", ["standard", "managed-instances"])
+def test_template_deploys_one_subscribe_function_per_mode(
+    template: dict[str, Any], mode: str
+) -> None:
+    parameters = _parameters(template, DeploymentMode=mode, AuthSecret=SECRET, **NETWORK)
+    assert template["Parameters"]["DeploymentMode"]["Default"] == "standard"
+    deployed = {
+        name
+        for name, resource in template["Resources"].items()
+        if "Condition" not in resource
+        or _evaluate({"Condition": resource["Condition"]}, parameters, template)
+    }
+    managed = {"CapacityProvider", "ManagedSubscribeFunction"}
+    expected = managed if mode == "managed-instances" else {"SubscribeFunction"}
+    assert deployed == {"EventsTable", "PublishFunction", *expected}
+    url = _evaluate(template["Outputs"]["SubscribeUrl"]["Value"], parameters, template)
+    function = "ManagedSubscribeFunction" if mode == "managed-instances" else "SubscribeFunction"
+    assert url == {"GetAtt": f"{function}Url.FunctionUrl"}
+    assert _refused(template, DeploymentMode=mode, AuthSecret=SECRET, **NETWORK) == []
+
+
+def test_template_managed_instances_mode(template: dict[str, Any]) -> None:
+    provider = template["Resources"]["CapacityProvider"]
+    assert provider["Type"] == "AWS::Serverless::CapacityProvider"
+    assert provider["Properties"]["InstanceRequirements"]["Architectures"] == ["arm64"]
+    assert provider["Properties"]["VpcConfig"] == {
+        "SubnetIds": {"Ref": "SubnetIds"},
+        "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+    }
+    function = _function(template, "ManagedSubscribeFunction")
+    assert function["Runtime"] == "python3.13"  # the first Python that Managed Instances run
+    assert template["Globals"]["Function"]["Architectures"] == ["arm64"]
+    assert function["MemorySize"] == {"Ref": "ManagedMemorySize"}
+    assert template["Parameters"]["ManagedMemorySize"]["MinValue"] >= 2048
+    assert function["AutoPublishAlias"]
+    config = function["CapacityProviderConfig"]
+    assert config["Arn"] == {"GetAtt": "CapacityProvider.Arn"}
+    assert config["PerExecutionEnvironmentMaxConcurrency"] == {
+        "Ref": "PerExecutionEnvironmentMaxConcurrency"
+    }
+    # Otherwise the same function as in standard mode: no drift between the two.
+    standard = _function(template, "SubscribeFunction")
+    for shared in ("Handler", "Timeout", "Environment", "Policies", "FunctionUrlConfig"):
+        assert function[shared] == standard[shared], shared
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_template_functions_are_built_for_their_own_python(
+    template: dict[str, Any], name: str
+) -> None:
+    resource = template["Resources"][name]
+    assert resource["Metadata"]["BuildMethod"] == "makefile"
+    runtime = resource["Properties"].get("Runtime", template["Globals"]["Function"]["Runtime"])
+    plan = subprocess.run(
+        ["make", "--dry-run", f"build-{name}", "ARTIFACTS_DIR=/nonexistent"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"--python-version {runtime.removeprefix('python')} " in plan
