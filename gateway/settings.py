@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     poll_min_seconds: float = Field(0.1, gt=0)
     poll_max_seconds: float = Field(1.0, gt=0)
     feed_buffer_events: int = Field(1000, ge=1)
+    feed_buffer_bytes: int = Field(8_388_608, ge=65_536)
+    max_feeds: int = Field(10_000, ge=1)
+    max_channels_per_connection: int = Field(16, ge=1, le=64)
+    idle_session_seconds: float | None = Field(None, gt=0)
+    idle_retry_ms: int = Field(60_000, ge=0, le=3_600_000)
+    session_jitter: float = Field(0.1, ge=0, lt=1)
 
     max_event_bytes: int = Field(65_536, ge=1, le=MAX_ITEM_PAYLOAD_BYTES)
     max_batch_events: int = Field(25, ge=1, le=MAX_BATCH_EVENTS)
