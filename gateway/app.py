@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,11 +33,12 @@ from gateway.errors import (
 )
 from gateway.hub import ChannelHub
 from gateway.publisher import Publisher
-from gateway.session import SessionTiming, event_stream
+from gateway.session import SessionTiming, event_stream, multi_event_stream
 from gateway.settings import Settings
 from gateway.store import EventLog
 from gateway.validation import (
     check_channel,
+    check_channels,
     check_idempotency_key,
     events_from_body,
     parse_json_body,
@@ -51,6 +53,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 logger = logging.getLogger(__name__)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_HEADERS = {"Cache-Control": "public, max-age=300"}
 
 
 def error_response(status_code: int, code: str, message: str) -> JSONResponse:
@@ -87,6 +90,7 @@ def create_app(
         buffer_events=settings.feed_buffer_events,
     )
     publisher = Publisher(store, settings, hub)
+    rng = random.Random()
     authenticator = Authenticator(settings) if settings.auth_enabled else None
     if authenticator is None:
         logger.warning(
@@ -94,26 +98,50 @@ def create_app(
             "(or SSE_GATEWAY_AUTH_PUBLIC_KEY) to require JWT channel grants"
         )
 
-    def authorize(request: Request, action: Action, channel: str) -> None:
-        if authenticator is not None:
-            token = bearer_token(request.headers, request.query_params, request.cookies)
-            authenticator.authorize(token, action, channel)
+    def authorize(request: Request, action: Action, *channels: str) -> float | None:
+        """Checks the request's token; returns when its grant ends (None without auth)."""
+        if authenticator is None:
+            return None
+        token = bearer_token(request.headers, request.query_params, request.cookies)
+        return authenticator.authorize(token, action, *channels)
 
-    async def stream_events(request: Request) -> Response:
-        channel = check_channel(request.path_params["channel"])
-        authorize(request, Action.SUBSCRIBE, channel)
-        last_event_id = request.headers.get("last-event-id") or request.query_params.get(
-            "last_event_id"
-        )
-        deadline = time.monotonic() + settings.max_session_seconds
+    def session_timing(request: Request, grant_ends: float | None) -> SessionTiming:
+        """A session's length is drawn from [(1 - jitter) x max, max], so clients that
+        came together do not all come back together; it never outlives the host's
+        deadline nor the token (the reconnect then gets 401 and the client a new token)."""
+        now = time.monotonic()
+        jitter = 1 - settings.session_jitter * rng.random()
+        deadline = now + settings.max_session_seconds * jitter
         if (hard_deadline := host_deadline(request)) is not None:
             deadline = min(deadline, hard_deadline)
-        timing = SessionTiming(
+        if grant_ends is not None:
+            deadline = min(deadline, now + grant_ends - time.time())
+        return SessionTiming(
             deadline=deadline,
             heartbeat_seconds=settings.heartbeat_seconds,
             retry_ms=settings.retry_ms,
+            idle_seconds=settings.idle_session_seconds,
+            idle_retry_ms=round(settings.idle_retry_ms * jitter),
         )
-        stream = event_stream(channel, last_event_id or None, store=store, hub=hub, timing=timing)
+
+    def last_event_id(request: Request) -> str | None:
+        value = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        return value or None
+
+    async def stream_events(request: Request) -> Response:
+        channel = check_channel(request.path_params["channel"])
+        timing = session_timing(request, authorize(request, Action.SUBSCRIBE, channel))
+        stream = event_stream(channel, last_event_id(request), store=store, hub=hub, timing=timing)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
+
+    async def stream_channels(request: Request) -> Response:
+        channels = check_channels(
+            request.query_params.getlist("channel"), settings.max_channels_per_connection
+        )
+        timing = session_timing(request, authorize(request, Action.SUBSCRIBE, *channels))
+        stream = multi_event_stream(
+            channels, last_event_id(request), store=store, hub=hub, timing=timing
+        )
         return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
 
     async def publish_events(request: Request) -> Response:
@@ -151,6 +179,10 @@ def create_app(
     async def demo(request: Request) -> Response:
         return HTMLResponse(files("gateway").joinpath("static/demo.html").read_text())
 
+    async def browser_client(request: Request) -> Response:
+        script = files("gateway").joinpath("static/sse-gateway.js").read_text()
+        return Response(script, media_type="text/javascript", headers=CLIENT_HEADERS)
+
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
         response = error_response(exc.status_code, exc.code, exc.message)
@@ -173,6 +205,8 @@ def create_app(
     routes = [Route("/healthz", healthz, methods=["GET"])]
     if subscribe:
         routes.append(Route("/channels/{channel}/events", stream_events, methods=["GET"]))
+        routes.append(Route("/events", stream_channels, methods=["GET"]))
+        routes.append(Route("/sse-gateway.js", browser_client, methods=["GET"]))
     if publish:
         routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))
     if settings.demo_page:

@@ -54,9 +54,10 @@ def pattern_matches(pattern: str, channel: str) -> bool:
 class Grants:
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    expires_at: float | None = None  # the token's ``exp``
 
     @classmethod
-    def from_claim(cls, claim: Any) -> Grants:
+    def from_claim(cls, claim: Any, expires_at: float | None = None) -> Grants:
         if not isinstance(claim, Mapping) or not set(claim) <= {"subscribe", "publish"}:
             raise Unauthorized(
                 'the token\'s "sse" claim must be {"subscribe": [...], "publish": [...]}'
@@ -69,7 +70,7 @@ class Grants:
                     f'the token\'s "sse.{action.value}" must be a list of channel patterns'
                 )
             lists[action.value] = tuple(patterns)
-        return cls(**lists)
+        return cls(lists["subscribe"], lists["publish"], expires_at)
 
     def allows(self, action: Action, channel: str) -> bool:
         patterns = self.subscribe if action is Action.SUBSCRIBE else self.publish
@@ -123,8 +124,14 @@ class Authenticator:
             raise Unauthorized(f"the token is from another issuer: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"the token is invalid: {exc}") from exc
-        return Grants.from_claim(claims["sse"])
+        return Grants.from_claim(claims["sse"], float(claims["exp"]))
 
-    def authorize(self, token: str | None, action: Action, channel: str) -> None:
-        if not self.grants(token).allows(action, channel):
-            raise Forbidden(f"the token does not grant {action.value} on channel {channel!r}")
+    def authorize(self, token: str | None, action: Action, *channels: str) -> float:
+        """Raises unless the token grants ``action`` on every channel; returns the
+        time (``time.time()``) after which it no longer does, leeway included."""
+        grants = self.grants(token)
+        for channel in channels:
+            if not grants.allows(action, channel):
+                raise Forbidden(f"the token does not grant {action.value} on channel {channel!r}")
+        assert grants.expires_at is not None  # PyJWT requires "exp"
+        return grants.expires_at + self._leeway

@@ -81,6 +81,11 @@ def resolve_start(last_event_id: str | None, head: Position, since: int = 1) -> 
     requested = parse_event_id(last_event_id)
     if requested is None:
         return Start(head, reset=ResetReason.INVALID_ID)
+    return resolve_position(requested, head, since)
+
+
+def resolve_position(requested: Position, head: Position, since: int = 1) -> Start:
+    """The start cursor of a subscription that resumes after ``requested``."""
     if requested.epoch is None:
         # The client came before the channel's first event: what the log holds is new
         # to it (and step() tells it what expired unseen).

@@ -1,10 +1,18 @@
 """One bounded SSE session: start cursor, replay, tail, heartbeats, clean end.
 
 A session always ends with ``retry:`` and a clean close of its 200 response:
-at its deadline, when storage fails or hangs, or when its channel's log
-starts over under the shared feed. EventSource gives up for good on any
-non-200 answer, so trouble is reported by ending the stream and letting the
-browser come back, never by a status.
+at its deadline (or its token's expiry), after delivering nothing for the idle
+time when that is set (with the longer idle retry), when storage fails or
+hangs, or when a channel's log starts over under the shared feed.
+EventSource gives up for good on any non-200 answer, so trouble is reported by
+ending the stream and letting the browser come back, never by a status.
+
+A session follows one channel (``/channels/{channel}/events``: frames as
+published, ids of the channel's own log) or several (``/events``: JSON envelopes
+in plain ``message`` frames whose id is a composite cursor, see
+``gateway.composite``). Both walk each channel's log with the same reader, so
+every per-channel guarantee holds for each channel of a multi-channel session;
+across channels, only each channel's own order is kept.
 
 No store call may outlive the session's deadline: each is bounded by what is
 left of it (one at a time; a timeout must not span a generator's ``yield``),
@@ -14,17 +22,19 @@ so a hung DynamoDB cannot keep a Lambda past its own deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from gateway import wire
-from gateway.cursor import EMPTY, Position, ResetReason, resolve_start, step
+from gateway import composite, wire
+from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
 from gateway.errors import GatewayError
 from gateway.hub import ChannelFeed, ChannelHub
-from gateway.items import StoredEvent
+from gateway.items import LogEnd, StoredEvent
 from gateway.store import EventLog
 
 logger = logging.getLogger(__name__)
@@ -35,10 +45,25 @@ class SessionTiming:
     deadline: float  # on the ``clock`` below
     heartbeat_seconds: float
     retry_ms: int
+    idle_seconds: float | None = None  # end a session that delivered nothing this long
+    idle_retry_ms: int = 0
     clock: Callable[[], float] = time.monotonic
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The client's position ``requested`` was lost; the stream goes on after
+    ``continues_after``."""
+
+    reason: ResetReason
+    continues_after: Position
+    requested: str | None
+
+
+Delivery = StoredEvent | Reset
 
 
 def encode_reset(reason: ResetReason, continues_after: Position, requested: str | None) -> bytes:
@@ -54,13 +79,15 @@ def encode_reset(reason: ResetReason, continues_after: Position, requested: str 
     )
 
 
-def encode_stored(event: StoredEvent) -> bytes:
-    return wire.encode_event(event.data, event=event.event, id=event.event_id)
+def encode_delivery(delivery: Delivery) -> bytes:
+    if isinstance(delivery, Reset):
+        return encode_reset(delivery.reason, delivery.continues_after, delivery.requested)
+    return wire.encode_event(delivery.data, event=delivery.event, id=delivery.event_id)
 
 
 class _Reader:
-    """A session's walk through the log: what it has delivered (``cursor``), how far
-    it has read (``scanned_to``), and the frames for what comes next."""
+    """A session's walk through one channel's log: what it has delivered
+    (``cursor``), how far it has read (``scanned_to``), and what comes next."""
 
     def __init__(self, cursor: Position, scanned_to: int, aligned: bool) -> None:
         self.cursor = cursor
@@ -68,8 +95,8 @@ class _Reader:
         self.aligned = aligned  # scanned_to ends an item (see EventLog.read_after)
         self._visited = {cursor.epoch} if cursor.epoch is not None else set()
 
-    def frames(self, events: list[StoredEvent], feed: ChannelFeed | None) -> list[bytes]:
-        frames: list[bytes] = []
+    def deliveries(self, events: list[StoredEvent], feed: ChannelFeed | None) -> list[Delivery]:
+        out: list[Delivery] = []
         for event in events:
             cursor = self.cursor
             if event.epoch != cursor.epoch or event.seq != cursor.seq + 1:
@@ -77,16 +104,75 @@ class _Reader:
                 action = step(cursor, event.epoch, event.seq, event.since, self._visited, observed)
                 self._visited.add(event.epoch)
                 if action is not None:
-                    frames.append(
-                        encode_reset(action.reset, action.continues_after, cursor.event_id)
-                    )
+                    out.append(Reset(action.reset, action.continues_after, _known(cursor)))
+                    self.cursor = action.continues_after
                     if action.rewind:  # the log started over below: read it from there
-                        self.cursor = action.continues_after
                         self.scanned_to, self.aligned = self.cursor.seq, False
-                        return frames
-            frames.append(encode_stored(event))
+                        return out
+            out.append(event)
             self.cursor = event.position
-        return frames
+        return out
+
+
+def _known(position: Position) -> str | None:
+    """The id a client knows for ``position``: none for an epoch that a composite
+    cursor named only by its fingerprint."""
+    return None if position.epoch is not None and position.epoch[0] == "~" else position.event_id
+
+
+@dataclass(slots=True)
+class _Opened:
+    channel: str
+    reader: _Reader
+    end: LogEnd | None  # the log's newest item when the session looked
+    fresh: bool
+    deliveries: list[Delivery]
+
+
+async def _open(
+    channel: str,
+    choose: Callable[[Position, int], Start],
+    requested: str | None,
+    store: EventLog,
+    timing: SessionTiming,
+) -> _Opened:
+    """Where a session on ``channel`` starts (``choose`` decides from the log's head)
+    and what it delivers before it follows the channel's feed."""
+    async with asyncio.timeout(timing.remaining()):
+        newest = await store.last_batch(channel)
+    end = newest.end if newest is not None else None
+    head = Position(end.epoch, end.last) if end is not None else EMPTY
+    start = choose(head, end.since if end is not None else 1)
+    deliveries: list[Delivery] = []
+    if start.reset is not None:
+        deliveries.append(Reset(start.reset, start.cursor, requested))
+    cursor = start.cursor
+    if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
+        # The newest item holds all there is after the cursor: no read needed.
+        reader = _Reader(cursor, head.seq, aligned=True)
+        deliveries += reader.deliveries(store.live_events(newest, cursor.seq), None)
+    else:
+        reader = _Reader(cursor, cursor.seq, aligned=False)
+    return _Opened(channel, reader, end, start.fresh, deliveries)
+
+
+class End(StrEnum):
+    """Why a session ended (they all end with ``retry:``)."""
+
+    DEADLINE = "deadline"
+    IDLE = "idle"
+    STORE_ERROR = "store_error"
+    RESTART = "restart"
+
+
+@dataclass(slots=True)
+class _Following:
+    channel: str
+    reader: _Reader
+    feed: ChannelFeed
+
+
+Framing = Callable[[str, list[Delivery]], bytes]
 
 
 async def event_stream(
@@ -97,61 +183,187 @@ async def event_stream(
     hub: ChannelHub,
     timing: SessionTiming,
 ) -> AsyncIterator[bytes]:
+    """The session of the single-channel endpoint: frames as published, ids of the
+    channel's own log."""
+    end = End.STORE_ERROR
     try:
-        async with asyncio.timeout(timing.remaining()):
-            newest = await store.last_batch(channel)
-        end = newest.end if newest is not None else None
-        head = Position(end.epoch, end.last) if end is not None else EMPTY
-        start = resolve_start(last_event_id, head, end.since if end is not None else 1)
-        if start.fresh:
-            yield wire.encode_id(head.event_id)
-        if start.reset is not None:
-            yield encode_reset(start.reset, start.cursor, last_event_id)
-        cursor = start.cursor
-        if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
-            # The newest item holds all there is after the cursor: no read needed.
-            reader = _Reader(cursor, head.seq, aligned=True)
-            if frames := reader.frames(store.live_events(newest, cursor.seq), None):
-                yield b"".join(frames)
-        else:
-            reader = _Reader(cursor, cursor.seq, aligned=False)
-        async with hub.subscribe(channel, end) as feed:
-            async for chunk in _tail(channel, reader, store, feed, timing):
-                yield chunk
+        opened = await _open(
+            channel,
+            lambda head, since: resolve_start(last_event_id, head, since),
+            last_event_id,
+            store,
+            timing,
+        )
+        if opened.fresh:
+            yield wire.encode_id(opened.reader.cursor.event_id)
+        if opened.deliveries:
+            yield b"".join(map(encode_delivery, opened.deliveries))
+        async with hub.subscribe(channel, opened.end) as feed:
+            following = [_Following(channel, opened.reader, feed)]
+            async for chunk in _tail(following, store, timing, _plain):
+                if isinstance(chunk, End):
+                    end = chunk
+                else:
+                    yield chunk
     except (GatewayError, TimeoutError) as exc:
-        reason = exc.message if isinstance(exc, GatewayError) else "the store did not answer"
-        logger.warning("session on channel %r ends early: %s", channel, reason)
-    yield wire.encode_retry(timing.retry_ms)
+        _log_early_end(exc, [channel])
+    yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
+
+
+async def multi_event_stream(
+    channels: Sequence[str],
+    last_event_id: str | None,
+    *,
+    store: EventLog,
+    hub: ChannelHub,
+    timing: SessionTiming,
+) -> AsyncIterator[bytes]:
+    """The session of ``/events``: every channel's events as JSON envelopes in plain
+    ``message`` frames, whose id is the composite cursor of all the channels."""
+    end = End.STORE_ERROR
+    try:
+        requested = composite.decode(last_event_id, channels)
+        outcomes = await asyncio.gather(
+            *(_open(c, _chooser(requested, c), None, store, timing) for c in channels),
+            return_exceptions=True,
+        )
+        opened = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            opened.append(outcome)
+        positions = {o.channel: o.reader.cursor for o in opened}
+        framing = _envelopes(positions)
+        yield wire.encode_id(composite.encode(positions)) + b"".join(
+            framing(o.channel, o.deliveries) for o in opened if o.deliveries
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            following = [
+                _Following(
+                    o.channel,
+                    o.reader,
+                    await stack.enter_async_context(hub.subscribe(o.channel, o.end)),
+                )
+                for o in opened
+            ]
+            async for chunk in _tail(following, store, timing, framing):
+                if isinstance(chunk, End):
+                    end = chunk
+                else:
+                    yield chunk
+    except (GatewayError, TimeoutError) as exc:
+        _log_early_end(exc, channels)
+    yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
+
+
+def _plain(channel: str, deliveries: list[Delivery]) -> bytes:
+    return b"".join(map(encode_delivery, deliveries))
+
+
+def _chooser(
+    requested: dict[str, composite.Requested] | None, channel: str
+) -> Callable[[Position, int], Start]:
+    if requested is None:  # not a cursor of ours: every channel restarts at its head
+        return lambda head, since: Start(head, reset=ResetReason.INVALID_ID)
+    return requested[channel].start
+
+
+def _envelopes(positions: dict[str, Position]) -> Framing:
+    """Frames of a multi-channel session; ``positions`` (every channel's last
+    delivered position) moves with each frame, whose id says where all of them are."""
+
+    def framing(channel: str, deliveries: list[Delivery]) -> bytes:
+        quoted = json.dumps(channel)
+        frames = []
+        for delivery in deliveries:
+            if isinstance(delivery, Reset):
+                positions[channel] = delivery.continues_after
+                data = json.dumps(
+                    {
+                        "channel": channel,
+                        "reason": delivery.reason.value,
+                        "last_event_id": delivery.requested,
+                        "continues_after": delivery.continues_after.event_id,
+                    },
+                    separators=(",", ":"),
+                )
+                frames.append(
+                    wire.encode_event(data, event="reset", id=composite.encode(positions))
+                )
+            else:
+                positions[channel] = delivery.position
+                data = (
+                    f'{{"channel":{quoted},"event":{json.dumps(delivery.event)},'
+                    f'"id":"{delivery.event_id}","data":{delivery.data}}}'
+                )
+                frames.append(wire.encode_event(data, id=composite.encode(positions)))
+        return b"".join(frames)
+
+    return framing
+
+
+def _log_early_end(exc: Exception, channels: Sequence[str]) -> None:
+    reason = exc.message if isinstance(exc, GatewayError) else "the store did not answer"
+    logger.warning("session on channels %s ends early: %s", ", ".join(channels), reason)
 
 
 async def _tail(
-    channel: str,
-    reader: _Reader,
+    following: list[_Following],
     store: EventLog,
-    feed: ChannelFeed,
     timing: SessionTiming,
-) -> AsyncIterator[bytes]:
+    framing: Framing,
+) -> AsyncIterator[bytes | End]:
+    """Deliver what each channel's feed (or, behind it, the log) holds after the
+    session's position, until the deadline; the last item says why it ended."""
     clock = timing.clock
     next_heartbeat = clock() + timing.heartbeat_seconds
+    idle_until = clock() + timing.idle_seconds if timing.idle_seconds is not None else None
     while (remaining := timing.deadline - clock()) > 0:
-        events = feed.after(reader.scanned_to)
-        if events is None:  # older than the shared buffer: replay from the log
-            async with asyncio.timeout(remaining):
-                page = await store.read_after(channel, reader.scanned_to, aligned=reader.aligned)
-            events, progressed = page.events, page.scanned_to > reader.scanned_to
-            reader.scanned_to, reader.aligned = page.scanned_to, True
-        else:
-            progressed = bool(events)
-            if events:
+        chunks = []
+        progressed = False
+        for f in following:
+            reader = f.reader
+            events = f.feed.after(reader.scanned_to)
+            if events is None:  # older than the shared buffer: replay from the log
+                async with asyncio.timeout(remaining):
+                    page = await store.read_after(
+                        f.channel, reader.scanned_to, aligned=reader.aligned
+                    )
+                events, progressed = page.events, progressed or page.scanned_to > reader.scanned_to
+                reader.scanned_to, reader.aligned = page.scanned_to, True
+            elif events:
+                progressed = True
                 reader.scanned_to = events[-1].seq
-        if events:
-            yield b"".join(reader.frames(events, feed))
+            if events:
+                chunks.append(framing(f.channel, reader.deliveries(events, f.feed)))
+        if chunks:
+            yield b"".join(chunks)
             next_heartbeat = clock() + timing.heartbeat_seconds
+            if idle_until is not None:
+                idle_until = clock() + (timing.idle_seconds or 0)
         if progressed:
             continue
-        if feed.failure is not None:
+        if any(f.feed.failure is not None for f in following):
+            yield End.RESTART
             return
-        await feed.wait(min(remaining, next_heartbeat - clock()))
+        if idle_until is not None and clock() >= idle_until:
+            yield End.IDLE
+            return
+        wake = min(timing.deadline, next_heartbeat, idle_until or timing.deadline)
+        await _wait_any([f.feed for f in following], wake - clock())
         if clock() >= next_heartbeat:
             yield wire.encode_comment()
             next_heartbeat = clock() + timing.heartbeat_seconds
+    yield End.DEADLINE
+
+
+async def _wait_any(feeds: list[ChannelFeed], at_most: float) -> None:
+    if len(feeds) == 1:
+        await feeds[0].wait(at_most)
+        return
+    waits = [asyncio.ensure_future(feed.wait(at_most)) for feed in feeds]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -45,6 +45,22 @@ def check_channel(name: str) -> str:
     return name
 
 
+def check_channels(names: Sequence[str], limit: int) -> list[str]:
+    """The channels of a multi-channel subscription, each once, in the order given."""
+    channels = list(dict.fromkeys(check_channel(name) for name in names))
+    if not channels:
+        raise InvalidInput(
+            "name at least one channel: /events?channel=<name>&channel=<name>...",
+            code="missing_channel",
+        )
+    if len(channels) > limit:
+        raise InvalidInput(
+            f"{len(channels)} channels named; one connection takes at most {limit}",
+            code="too_many_channels",
+        )
+    return channels
+
+
 def check_idempotency_key(key: str) -> str:
     if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidInput(

@@ -393,3 +393,26 @@ async def test_every_json_body_is_stored_as_sent_or_answered_4xx(
     )
     assert [e.last_event_id for e in replay.events] == ids
     assert [parse_json_body(e.data.encode()) for e in replay.events] == values
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "named"),
+    [
+        ("", "missing_channel", "at least one channel"),
+        ("&".join(f"channel=c{i}" for i in range(17)), "too_many_channels", "at most 16"),
+        ("channel=ok&channel=not%20ok", "invalid_channel", "'not ok'"),
+    ],
+)
+async def test_a_bad_channel_list_answers_400_naming_the_problem(
+    gateway: StartGateway, http: httpx.AsyncClient, query: str, code: str, named: str
+) -> None:
+    server = gateway()
+    response = await http.get(f"{server.url}/events?{query}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert named in error["message"]
+    # Duplicates count once: 16 distinct channels named twice each are allowed.
+    twice = "&".join(f"channel=c{i % 16}" for i in range(32))
+    session = await read_session(http, f"{server.url}/events?{twice}", stop=lambda events: True)
+    assert session.status == 200

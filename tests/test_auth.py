@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -258,3 +259,35 @@ async def test_app_answers_401_to_a_token_for_another_audience(
     ours = mint({**GRANT, "aud": AUDIENCE, "iss": ISSUER})
     accepted = await http.post(url, json={"data": 1}, headers={"authorization": f"Bearer {ours}"})
     assert accepted.status_code == 201
+
+
+async def test_a_session_ends_at_its_tokens_expiry_and_the_reconnect_is_refused(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(auth_secret=SECRET, auth_leeway_seconds=0, max_session_seconds=30)
+    token = mint({**GRANT, "exp": int(time.time()) + 3})
+    urls = [
+        f"{server.url}/channels/orders:42/events?token={token}",
+        f"{server.url}/events?channel=orders:42&channel=orders:7&token={token}",
+    ]
+    started = time.monotonic()
+    sessions = await asyncio.gather(*(read_session(http, url) for url in urls))
+    assert [(s.status, s.retry) for s in sessions] == [(200, 50), (200, 50)]
+    assert time.monotonic() - started < 10  # ended by the token, not the 30 s deadline
+    for url in urls:
+        refused = await read_session(http, url)
+        assert refused.status == 401
+
+
+async def test_a_multi_channel_subscription_needs_every_channel_granted(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(auth_secret=SECRET, max_session_seconds=0.5)
+    query = f"channel=orders:1&channel=admin:1&channel=secret:2&token={mint(GRANT)}"
+    denied = await http.get(f"{server.url}/events?{query}")
+    assert denied.status_code == 403
+    assert "'admin:1'" in denied.json()["error"]["message"]  # the first one denied
+    allowed = await read_session(
+        http, f"{server.url}/events?channel=orders:1&channel=orders:2&token={mint(GRANT)}"
+    )
+    assert allowed.status == 200

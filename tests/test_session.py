@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from gateway.cursor import parse_event_id
 from gateway.items import Batch, StoredEvent, batch_item
-from tests.eventstream import read_session
+from tests.eventstream import EventSourceClient, MessageEvent, read_session
 from tests.servers import FaultProxy, GatewayServer, publish
 from tests.tables import FAST_EXPIRY, delete_items, put_raw_items
 
@@ -167,3 +168,151 @@ async def test_a_live_session_follows_a_new_epoch_it_saw_begin_without_a_reset(
     resumed = await read_session(http, url, last_event_id=old, stop=lambda events: len(events) == 2)
     assert [(e.type, e.last_event_id) for e in resumed.events][1:] == [("message", new)]
     assert json.loads(resumed.events[0].data)["reason"] == "history_expired"
+
+
+# Multi-channel sessions: /events?channel=a&channel=b
+
+
+def _envelopes(events: list[MessageEvent]) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in events if e.type == "message"]
+
+
+async def test_a_multi_channel_session_delivers_each_channel_once_in_order_across_reconnects(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=1, retry_ms=50)
+    channels = ["orders:1", "user:7", "jobs:3"]
+    query = "&".join(f"channel={c}" for c in channels)
+    client = EventSourceClient(http, f"{server.url}/events?{query}")
+    await publish(http, server.url, "orders:1", {"data": "before the connection"})
+    reading = asyncio.create_task(client.run(lambda events: len(_envelopes(events)) >= 90))
+    await asyncio.sleep(0.3)
+
+    async def publish_paced(channel: str) -> list[tuple[str, Any]]:
+        sent = []
+        for n in range(15):
+            body = {"events": [{"data": {"n": n}}, {"event": "status", "data": [n, channel]}]}
+            ids = await publish(http, server.url, channel, body)
+            sent += [(ids[0], {"n": n}), (ids[1], [n, channel])]
+            await asyncio.sleep(0.1)
+        return sent
+
+    sent = dict(zip(channels, await asyncio.gather(*map(publish_paced, channels)), strict=True))
+    events = await asyncio.wait_for(reading, 30)
+    assert client.sessions_ended >= 2
+    assert all(e.type == "message" for e in events)  # no reset, no other event type
+    envelopes = _envelopes(events)
+    for channel in channels:
+        got = [(e["id"], e["data"]) for e in envelopes if e["channel"] == channel]
+        assert got == sent[channel]  # each once, in order; nothing from before
+        types = [e["event"] for e in envelopes if e["channel"] == channel]
+        assert types == [None, "status"] * 15
+    assert all(SAFE_CURSOR.fullmatch(e.last_event_id) for e in events)
+
+
+SAFE_CURSOR = re.compile(r"[0-9A-Za-z._~-]{1,128}")
+
+
+async def test_a_cursor_resumes_the_channels_it_names_and_starts_the_others_at_their_head(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    first = await read_session(http, f"{server.url}/events?channel=a&channel=b")
+    assert first.events == []
+    cursor = first.last_event_id
+    a = await publish(http, server.url, "a", {"data": "a1"})
+    b = await publish(http, server.url, "b", {"events": [{"data": "b1"}, {"data": "b2"}]})
+    await publish(http, server.url, "c", {"data": "c1"})
+    second = await read_session(
+        http, f"{server.url}/events?channel=b&channel=c&last_event_id={cursor}"
+    )
+    # a is not requested; b resumes after its position; c starts at its head, quietly.
+    assert [(e["channel"], e["id"]) for e in _envelopes(second.events)] == [
+        ("b", b[0]),
+        ("b", b[1]),
+    ]
+    c = await publish(http, server.url, "c", {"data": "c2"})
+    third = await read_session(
+        http, f"{server.url}/events?channel=a&channel=c", last_event_id=second.last_event_id
+    )
+    assert [(e["channel"], e["id"]) for e in _envelopes(third.events)] == [("c", c[0])]
+    assert a  # a's event was published after the first cursor, but a was asked for only now
+
+
+async def test_a_malformed_cursor_resets_every_channel_to_its_head(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    heads = {c: (await publish(http, server.url, c, {"data": c}))[0] for c in ("x", "y")}
+    session = await read_session(
+        http, f"{server.url}/events?channel=x&channel=y", last_event_id="abcdef01-3"
+    )
+    resets = [json.loads(e.data) for e in session.events if e.type == "reset"]
+    assert sorted(resets, key=lambda r: r["channel"]) == [
+        {
+            "channel": c,
+            "reason": "invalid_last_event_id",
+            "last_event_id": None,
+            "continues_after": heads[c],
+        }
+        for c in ("x", "y")
+    ]
+    assert _envelopes(session.events) == []
+
+
+async def test_a_multi_channel_reset_names_its_channel_and_the_stream_goes_on(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=5, **FAST_EXPIRY)
+    first = await read_session(
+        http, f"{server.url}/events?channel=old&channel=live", stop=lambda events: True
+    )
+    await publish(http, server.url, "old", {"data": 1})
+    live = await publish(http, server.url, "live", {"data": "kept"})
+    held = await read_session(
+        http,
+        f"{server.url}/events?channel=old&channel=live",
+        last_event_id=first.last_event_id,
+        stop=lambda events: len(events) == 2,
+    )
+    await asyncio.sleep(3.1)  # every item expires
+    new = await publish(http, server.url, "old", {"data": 2})
+    session = await read_session(
+        http,
+        f"{server.url}/events?channel=old&channel=live",
+        last_event_id=held.last_event_id,
+        stop=lambda events: len(events) == 2,
+    )
+    reset, message = session.events
+    assert reset.type == "reset"
+    assert json.loads(reset.data) == {
+        "channel": "old",
+        "reason": "history_expired",
+        "last_event_id": None,  # a cursor holds an old epoch only by its fingerprint
+        "continues_after": f"{new[0].split('-')[0]}-1",
+    }
+    assert json.loads(message.data) == {"channel": "old", "event": None, "id": new[0], "data": 2}
+    assert live  # the other channel's position stood throughout: nothing repeated
+
+
+async def test_connections_on_many_channels_share_one_tail_per_channel(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=1.5, poll_min_seconds=0.1, poll_max_seconds=0.1)
+    assert server.store is not None
+    url = f"{server.url}/events?channel=p&channel=q&channel=r"
+
+    async def queries_with(connections: int) -> int:
+        tasks = [asyncio.create_task(read_session(http, url)) for _ in range(connections)]
+        await asyncio.sleep(0.5)
+        assert sorted(server.hub.feeds) == ["p", "q", "r"]
+        assert {f.subscribers for f in server.hub.feeds.values()} == {connections}
+        before = server.store.stats.queries
+        await asyncio.sleep(0.8)
+        counted = server.store.stats.queries - before
+        await asyncio.gather(*tasks)
+        return counted
+
+    one, ten = await queries_with(1), await queries_with(10)
+    assert one <= 3 * 10  # at most one query per channel per 0.1 s poll
+    assert ten <= 2 * one + 6, (one, ten)
