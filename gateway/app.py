@@ -88,6 +88,8 @@ def create_app(
         poll_min_seconds=settings.poll_min_seconds,
         poll_max_seconds=settings.poll_max_seconds,
         buffer_events=settings.feed_buffer_events,
+        buffer_bytes=settings.feed_buffer_bytes,
+        max_feeds=settings.max_feeds,
     )
     publisher = Publisher(store, settings, hub)
     rng = random.Random()

@@ -67,6 +67,11 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+class FeedLimitReached(GatewayError):
+    """A process follows ``SSE_GATEWAY_MAX_FEEDS`` channels already: the session ends
+    with ``retry:`` (and may land on another instance)."""
+
+
 class LogRestarted(GatewayError):
     """A channel's log started over below a shared feed's position: its sessions end
     with ``retry:`` and their reconnects resolve against the new log."""

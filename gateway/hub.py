@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.cursor import Position
-from gateway.errors import GatewayError, LogRestarted
+from gateway.errors import FeedLimitReached, GatewayError, LogRestarted
 from gateway.items import LogEnd, StoredEvent
 from gateway.store import EventLog, Page
 
@@ -44,6 +44,7 @@ class ChannelFeed:
         poll_min_seconds: float,
         poll_max_seconds: float,
         buffer_events: int,
+        buffer_bytes: int,
     ) -> None:
         self.channel = channel
         self.epoch = start.epoch if start else None
@@ -53,7 +54,9 @@ class ChannelFeed:
         self._poll_min = poll_min_seconds
         self._poll_max = poll_max_seconds
         self._buffer_events = buffer_events
+        self._buffer_bytes = buffer_bytes
         self._events: list[StoredEvent] = []
+        self._bytes = 0
         self._scanned_to = start.last if start else 0
         # The buffer holds every unexpired event after this seq.
         self._complete_after = self._scanned_to
@@ -94,6 +97,10 @@ class ChannelFeed:
         if head.epoch == self.epoch:
             return head.last >= self._scanned_to
         return head.since > self._scanned_to
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
 
     def after(self, seq: int) -> list[StoredEvent] | None:
         """Buffered events after ``seq``; None when ``seq`` is older than the buffer."""
@@ -169,11 +176,28 @@ class ChannelFeed:
 
     def _buffer(self, events: list[StoredEvent]) -> None:
         self._events.extend(events)
-        # Trim in halves so the copy is amortised over many appends.
+        self._bytes += sum(map(_footprint, events))
+        # Trim with slack (to half the event bound, to 3/4 of the byte bound) so
+        # the copy is amortised over many appends. The byte bound holds at all
+        # times: memory is what kills a small Lambda.
+        dropped = freed = 0
         if len(self._events) > 2 * self._buffer_events:
             dropped = len(self._events) - self._buffer_events
+            freed = sum(map(_footprint, self._events[:dropped]))
+        if self._bytes - freed > self._buffer_bytes:
+            while dropped < len(self._events) and self._bytes - freed > self._buffer_bytes * 3 // 4:
+                freed += _footprint(self._events[dropped])
+                dropped += 1
+        if dropped:
+            self._bytes -= freed
             self._complete_after = self._events[dropped - 1].seq
             del self._events[:dropped]
+
+
+def _footprint(event: StoredEvent) -> int:
+    """What a buffered event holds in memory, roughly: its data and type, and the
+    objects around them."""
+    return len(event.data) + len(event.event or "") + 200
 
 
 class ChannelHub:
@@ -184,11 +208,15 @@ class ChannelHub:
         poll_min_seconds: float,
         poll_max_seconds: float,
         buffer_events: int,
+        buffer_bytes: int = 8 << 20,
+        max_feeds: int = 10_000,
     ) -> None:
         self._store = store
         self._poll_min = poll_min_seconds
         self._poll_max = poll_max_seconds
         self._buffer_events = buffer_events
+        self._buffer_bytes = buffer_bytes
+        self._max_feeds = max_feeds
         self._feeds: dict[str, ChannelFeed] = {}
 
     @property
@@ -203,6 +231,15 @@ class ChannelHub:
         if feed is None or feed.failure is not None or not feed.serves(head):
             if feed is not None:
                 feed.stop(LogRestarted(f"channel {channel!r} started its log over"))
+                del self._feeds[channel]
+            if len(self._feeds) >= self._max_feeds:
+                logger.warning(
+                    "session on channel %r ends: %d channel feeds run, the most this process "
+                    "runs (SSE_GATEWAY_MAX_FEEDS)",
+                    channel,
+                    len(self._feeds),
+                )
+                raise FeedLimitReached(f"this process follows {len(self._feeds)} channels already")
             feed = ChannelFeed(
                 channel,
                 self._store,
@@ -210,6 +247,7 @@ class ChannelHub:
                 poll_min_seconds=self._poll_min,
                 poll_max_seconds=self._poll_max,
                 buffer_events=self._buffer_events,
+                buffer_bytes=self._buffer_bytes,
             )
             self._feeds[channel] = feed
             feed.start()

@@ -316,3 +316,69 @@ async def test_connections_on_many_channels_share_one_tail_per_channel(
     one, ten = await queries_with(1), await queries_with(10)
     assert one <= 3 * 10  # at most one query per channel per 0.1 s poll
     assert ten <= 2 * one + 6, (one, ten)
+
+
+# Cost shaping: idle release and jittered session lengths
+
+
+async def test_an_idle_session_ends_early_with_the_idle_retry_and_loses_nothing(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(
+        max_session_seconds=30, idle_session_seconds=0.4, idle_retry_ms=300, session_jitter=0
+    )
+    url = f"{server.url}/channels/quiet/events"
+    started = time.monotonic()
+    idle = await read_session(http, url)
+    assert (idle.events, idle.retry) == ([], 300)
+    assert time.monotonic() - started < 10  # released, not held for 30 s
+    # Events published while the browser stays away arrive on its return, once each.
+    client = EventSourceClient(http, url)
+    reading = asyncio.create_task(client.run(lambda events: len(events) == 6))
+    ids = []
+    for n in range(6):
+        ids += await publish(http, server.url, "quiet", {"data": n})
+        await asyncio.sleep(0.25 if n % 2 else 0.6)
+    events = await asyncio.wait_for(reading, 30)
+    assert [e.last_event_id for e in events] == ids
+    assert client.sessions_ended >= 1
+
+
+async def test_a_busy_session_is_not_idle_and_ends_with_the_normal_retry(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(
+        max_session_seconds=1.5, idle_session_seconds=0.4, idle_retry_ms=300, session_jitter=0
+    )
+    url = f"{server.url}/channels/busy/events"
+    reading = asyncio.create_task(read_session(http, url))
+
+    async def publish_until_done() -> int:
+        count = 0
+        while not reading.done():
+            await publish(http, server.url, "busy", {"data": count})
+            count += 1
+            await asyncio.sleep(0.1)
+        return count
+
+    published = await publish_until_done()
+    session = await reading
+    assert session.retry == 50  # the deadline ended it, not idleness
+    assert len(session.events) >= published - 2
+
+
+async def test_session_lengths_are_spread_over_the_jitter(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=2, session_jitter=0.9)
+    url = f"{server.url}/channels/herd/events"
+
+    async def length() -> float:
+        started = time.monotonic()
+        await read_session(http, url)
+        return time.monotonic() - started
+
+    lengths = sorted(await asyncio.gather(*(length() for _ in range(8))))
+    # Drawn from [0.2 s, 2 s]: eight clients that came together leave apart.
+    assert lengths[-1] - lengths[0] > 0.3, lengths
+    assert lengths[-1] < 2 + 3, lengths  # never past the maximum (with slack for the machine)

@@ -1,0 +1,92 @@
+"""Channel feeds: memory bounded in bytes, feeds bounded in number, through real
+servers over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httpx
+
+from tests.eventstream import EventSourceClient, read_session
+from tests.servers import GatewayProcess, GatewayServer, publish
+
+StartGateway = Callable[..., GatewayServer]
+StartProcess = Callable[..., GatewayProcess]
+BIG = "x" * 65_000  # with its JSON quotes, a 64 KiB event
+
+
+async def test_the_feed_buffer_is_bounded_in_bytes_and_readers_behind_it_lose_nothing(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    bound = 1 << 20
+    server = gateway(feed_buffer_bytes=bound, max_session_seconds=30)
+    url = f"{server.url}/channels/big/events"
+    following = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 40))
+    await asyncio.sleep(0.3)
+    ids, buffered = [], []
+    for n in range(40):
+        ids += await publish(http, server.url, "big", {"data": f"{n}{BIG}"})
+        await asyncio.sleep(0.05)
+        if (feed := server.hub.feeds.get("big")) is not None:
+            buffered.append(feed.buffered_bytes)
+    assert [e.last_event_id for e in (await following).events] == ids
+    assert len(buffered) >= 30 and max(buffered) <= bound, buffered
+    assert max(buffered) > bound // 2  # it did fill up: 40 events are 2.5 MiB
+    # A reader from the start is older than the buffer: it reads the log instead.
+    late = await read_session(
+        http, url, last_event_id=ids[0], stop=lambda events: len(events) == 39
+    )
+    assert [e.last_event_id for e in late.events] == ids[1:]
+    assert [e.data for e in late.events] == [json.dumps(f"{n}{BIG}") for n in range(1, 40)]
+
+
+async def test_a_session_beyond_the_feed_limit_ends_with_retry_not_an_error(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_feeds=2, max_session_seconds=3, retry_ms=50)
+    held = [
+        asyncio.create_task(read_session(http, f"{server.url}/channels/{c}/events"))
+        for c in ("one", "two")
+    ]
+    await asyncio.sleep(0.3)
+    refused = await read_session(http, f"{server.url}/channels/three/events")
+    assert (refused.status, refused.events, refused.retry) == (200, [], 50)
+    over = await read_session(http, f"{server.url}/events?channel=one&channel=three")
+    assert (over.status, over.retry) == (200, 50)
+    assert sorted(server.hub.feeds) == ["one", "two"]  # the shared ones were not disturbed
+    # A channel whose feed runs is always served.
+    shared = read_session(http, f"{server.url}/channels/one/events", stop=lambda e: len(e) == 1)
+    reading = asyncio.create_task(shared)
+    await asyncio.sleep(0.3)
+    (event_id,) = await publish(http, server.url, "one", {"data": 1})
+    assert [e.last_event_id for e in (await reading).events] == [event_id]
+    await asyncio.gather(*held)
+
+
+async def test_one_session_under_64_kib_events_at_full_speed_keeps_memory_bounded(
+    gateway_process: StartProcess, http: httpx.AsyncClient
+) -> None:
+    """A 128 MB Lambda budget: the feed holds at most SSE_GATEWAY_FEED_BUFFER_BYTES
+    (8 MiB by default) where 1000 buffered 64 KiB events held 64 MB before."""
+    server = gateway_process(max_session_seconds=60, retry_ms=50)
+    url = f"{server.url}/channels/firehose/events"
+    client = EventSourceClient(http, url)
+    count = 800
+    reading = asyncio.create_task(client.run(lambda events: len(events) >= count))
+    await asyncio.sleep(0.5)
+    await publish(http, server.url, "firehose", {"data": "warm up"})
+    await asyncio.sleep(0.5)
+    baseline = server.rss_bytes()
+
+    async def publisher(n: int) -> None:
+        for i in range(n, count - 1, 4):
+            await publish(http, server.url, "firehose", {"data": f"{i}{BIG}"})
+
+    await asyncio.gather(*map(publisher, range(4)))
+    events = await asyncio.wait_for(reading, 120)
+    assert len({e.last_event_id for e in events}) == count  # everything arrived, once
+    growth = server.rss_bytes() - baseline
+    # 800 events of 64 KiB are 52 MB: buffering them all would show.
+    assert growth < 32 << 20, f"RSS grew by {growth / 2**20:.1f} MiB"
