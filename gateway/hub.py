@@ -24,9 +24,12 @@ import asyncio
 import bisect
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
 
-from gateway.cursor import Position
+from gateway import wire
+from gateway.cursor import EMPTY, Position
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted
 from gateway.items import LogEnd, StoredEvent
 from gateway.store import EventLog, Page
@@ -56,6 +59,7 @@ class ChannelFeed:
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
         self._events: list[StoredEvent] = []
+        self._frames: dict[int, tuple[StoredEvent, bytes]] = {}
         self._bytes = 0
         self._scanned_to = start.last if start else 0
         # The buffer holds every unexpired event after this seq.
@@ -66,6 +70,9 @@ class ChannelFeed:
         # it had been deleted then, and polls have seen everything since).
         self._observed_after: dict[str, Position] = {}
         self._position_proven = start is not None and not store.has_expired(start.expires_at)
+        self._aligned = True  # _scanned_to ends an item
+        self._past_epochs: set[str] = set()
+        self._head_checked_at = time.monotonic() if start is not None else -math.inf
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -91,16 +98,36 @@ class ChannelFeed:
 
     def serves(self, head: LogEnd | None) -> bool:
         """Whether a session that found ``head`` can follow this feed: its log has not
-        started over below the feed's position."""
+        started over below the feed's position. A head behind the feed in an epoch
+        the feed has been in was read before the feed's latest poll: not a restart."""
         if head is None:
             return self._scanned_to == 0
-        if head.epoch == self.epoch:
-            return head.last >= self._scanned_to
+        if head.epoch == self.epoch or head.epoch in self._past_epochs:
+            return True
         return head.since > self._scanned_to
 
     @property
     def buffered_bytes(self) -> int:
         return self._bytes
+
+    def head_seen_within(self, seconds: float) -> bool:
+        return time.monotonic() - self._head_checked_at <= seconds
+
+    @property
+    def position(self) -> Position:
+        """The newest position the feed has seen: every event up to it is read."""
+        return Position(self.epoch, self._scanned_to) if self.epoch is not None else EMPTY
+
+    def frame(self, event: StoredEvent) -> bytes:
+        """``event``'s frame on the single-channel stream, encoded once per process for
+        all of the feed's sessions while the event is buffered."""
+        cached = self._frames.get(event.seq)
+        if cached is not None and cached[0] is event:
+            return cached[1]
+        frame = wire.encode_event(event.data, event=event.event, id=event.event_id)
+        if self._events and self._events[0].seq <= event.seq:  # buffered: keep it
+            self._frames[event.seq] = (event, frame)
+        return frame
 
     def after(self, seq: int) -> list[StoredEvent] | None:
         """Buffered events after ``seq``; None when ``seq`` is older than the buffer."""
@@ -118,8 +145,10 @@ class ChannelFeed:
 
     async def wait(self, at_most: float) -> None:
         """Until new events are buffered, the feed fails, or ``at_most`` seconds pass."""
+        # asyncio.timeout rather than wait_for: no task per waiting session.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), at_most)
+            async with asyncio.timeout(at_most):
+                await self._changed.wait()
 
     def _publish(self) -> None:
         self._changed.set()
@@ -137,9 +166,12 @@ class ChannelFeed:
                 return
             if page.end is not None:
                 self._end_expires_at = page.end.expires_at
-            self._scanned_to = page.scanned_to
-            if page.events:
-                self._buffer(page.events)
+            # An in-process append may have been handed over while the poll was out.
+            fresh = [event for event in page.events if event.seq > self._scanned_to]
+            if page.scanned_to >= self._scanned_to:
+                self._scanned_to, self._aligned = page.scanned_to, True
+            if fresh:
+                self._buffer(fresh)
                 self._publish()
                 interval = self._poll_min
             else:
@@ -153,26 +185,56 @@ class ChannelFeed:
     async def _poll(self) -> Page:
         """The log after the feed's position; raises ``LogRestarted`` when it started
         over below it."""
-        if self._end_expires_at is not None and self._store.has_expired(self._end_expires_at):
-            # TTL may delete the newest item now: look at the head, not only past it.
+        prior = self._scanned_to
+        expired = self._end_expires_at is not None and self._store.has_expired(self._end_expires_at)
+        checked_at = time.monotonic()
+        if expired or checked_at - self._head_checked_at >= self._poll_max:
+            # Look at the head, not only past the position: TTL may delete the newest
+            # item once it has expired, and a purged log may have started over below;
+            # this also lets fresh sessions join without a query of their own.
             head = await self._store.last_batch(self.channel)
             end = head.end if head is not None else None
             if not self.serves(end):
                 raise LogRestarted(f"channel {self.channel!r} started its log over")
+            self._head_checked_at = checked_at
             if end is None or end.last == self._scanned_to:
                 return Page([], self._scanned_to, False, end)
-        page = await self._store.read_after(self.channel, self._scanned_to)
-        prior, proven = self._scanned_to, self._position_proven
+            if head is not None and head.end.epoch == self.epoch and head.first <= prior + 1:
+                # The newest item holds everything after the position: no read needed.
+                return Page(self._store.live_events(head, prior), end.last, False, end)
+        proven = self._position_proven
+        page = await self._store.read_after(self.channel, prior, aligned=self._aligned)
         for event in page.events:  # live events only: each proves its item existed
             if event.epoch != self.epoch:
                 if self.epoch is not None and event.since <= prior:
                     raise LogRestarted(f"channel {self.channel!r} started its log over")
                 if self.epoch is not None and proven and event.since == prior + 1:
                     self._observed_after[event.epoch] = Position(self.epoch, prior)
+                if self.epoch is not None:
+                    self._past_epochs.add(self.epoch)
                 self.epoch = event.epoch
             prior, proven = event.seq, True
-        self._position_proven = proven and prior == page.scanned_to
+        if page.scanned_to >= self._scanned_to:
+            self._position_proven = proven and prior == page.scanned_to
         return page
+
+    def hand_over(self, events: Sequence[StoredEvent]) -> bool:
+        """Buffer events this process just appended, if they follow the feed's
+        position in its epoch (nothing can lie between): delivered at once, without
+        waiting for a poll. Otherwise (another process wrote in between, a new
+        epoch) the next poll reads them; returns whether they were taken."""
+        if not events or self.failure is not None:
+            return False
+        first = events[0]
+        if first.epoch != self.epoch or first.seq != self._scanned_to + 1:
+            return False
+        # Appends may share an item (group commit): the position may now lie inside
+        # one, so the next poll also looks for the rest of the item.
+        self._scanned_to, self._aligned = events[-1].seq, False
+        self._position_proven = True
+        self._buffer(list(events))
+        self._publish()
+        return True
 
     def _buffer(self, events: list[StoredEvent]) -> None:
         self._events.extend(events)
@@ -191,13 +253,15 @@ class ChannelFeed:
         if dropped:
             self._bytes -= freed
             self._complete_after = self._events[dropped - 1].seq
+            for event in self._events[:dropped]:
+                self._frames.pop(event.seq, None)
             del self._events[:dropped]
 
 
 def _footprint(event: StoredEvent) -> int:
-    """What a buffered event holds in memory, roughly: its data and type, and the
-    objects around them."""
-    return len(event.data) + len(event.event or "") + 200
+    """What a buffered event holds in memory, roughly: its data and type, its
+    encoded frame, and the objects around them."""
+    return 2 * (len(event.data) + len(event.event or "")) + 300
 
 
 class ChannelHub:
@@ -224,11 +288,28 @@ class ChannelHub:
         """The running feeds by channel (a copy)."""
         return dict(self._feeds)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str, head: LogEnd | None) -> AsyncIterator[ChannelFeed]:
-        """The channel's feed for a session that found ``head`` as the log's newest item."""
+    def running(self, channel: str) -> ChannelFeed | None:
+        """The channel's feed, if one runs, has not failed, and has seen the log's
+        head lately (so a purge cannot have gone unseen for longer than a poll)."""
         feed = self._feeds.get(channel)
-        if feed is None or feed.failure is not None or not feed.serves(head):
+        if (
+            feed is None
+            or feed.failure is not None
+            or not feed.head_seen_within(2 * self._poll_max)
+        ):
+            return None
+        return feed
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, channel: str, head: LogEnd | ChannelFeed | None
+    ) -> AsyncIterator[ChannelFeed]:
+        """The channel's feed for a session that found ``head`` as the log's newest item
+        (or that joins the running feed it found)."""
+        feed = self._feeds.get(channel)
+        if isinstance(head, ChannelFeed):
+            assert feed is head, "join a running feed without awaiting in between"
+        elif feed is None or feed.failure is not None or not feed.serves(head):
             if feed is not None:
                 feed.stop(LogRestarted(f"channel {channel!r} started its log over"))
                 del self._feeds[channel]
@@ -261,10 +342,11 @@ class ChannelHub:
                 if self._feeds.get(channel) is feed:
                     del self._feeds[channel]
 
-    def notify(self, channel: str) -> None:
-        """Something was appended to ``channel``: poll it now rather than at the next tick."""
+    def appended(self, channel: str, events: Sequence[StoredEvent]) -> None:
+        """This process appended ``events`` to ``channel``: hand them to its feed, or
+        have it poll now rather than at the next tick."""
         feed = self._feeds.get(channel)
-        if feed is not None:
+        if feed is not None and not feed.hand_over(events):
             feed.wake()
 
     def close(self) -> None:

@@ -16,14 +16,14 @@ import aioboto3
 from pydantic import JsonValue
 
 from gateway.dynamodb import open_dynamodb
-from gateway.items import NewEvent
+from gateway.items import NewEvent, StoredEvent
 from gateway.settings import Settings
 from gateway.store import Appended, EventLog
 from gateway.validation import check_channel, check_idempotency_key, new_events
 
 
 class AppendListener(Protocol):
-    def notify(self, channel: str) -> None: ...
+    def appended(self, channel: str, events: Sequence[StoredEvent]) -> None: ...
 
 
 class Publisher:
@@ -78,7 +78,7 @@ class Publisher:
         """Append already validated events and wake this process's tail of the channel."""
         appended = await self._store.append(channel, events, idempotency_key=idempotency_key)
         if self._listener is not None and not appended.replayed:
-            self._listener.notify(channel)
+            self._listener.appended(channel, appended.events)
         return appended
 
 

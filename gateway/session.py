@@ -29,12 +29,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from gateway import composite, wire
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
 from gateway.errors import GatewayError
 from gateway.hub import ChannelFeed, ChannelHub
-from gateway.items import LogEnd, StoredEvent
+from gateway.items import StoredEvent
 from gateway.store import EventLog
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _known(position: Position) -> str | None:
 class _Opened:
     channel: str
     reader: _Reader
-    end: LogEnd | None  # the log's newest item when the session looked
+    feed: ChannelFeed
     fresh: bool
     deliveries: list[Delivery]
 
@@ -133,11 +134,20 @@ async def _open(
     channel: str,
     choose: Callable[[Position, int], Start],
     requested: str | None,
-    store: EventLog,
-    timing: SessionTiming,
+    fresh: bool,
+    subscribe: _Subscribe,
 ) -> _Opened:
-    """Where a session on ``channel`` starts (``choose`` decides from the log's head)
-    and what it delivers before it follows the channel's feed."""
+    """Where a session on ``channel`` starts (``choose`` decides from the log's
+    head), what it delivers first, and the channel's feed, subscribed."""
+    hub, stack, store, timing = subscribe
+    feed = hub.running(channel) if fresh else None
+    if feed is not None:
+        # The running feed knows the newest position it has seen, as recent as a
+        # head query: a fresh session starts there without one. Nothing is awaited
+        # between finding the feed and joining it, so it cannot stop in between.
+        head = feed.position
+        await stack.enter_async_context(hub.subscribe(channel, feed))
+        return _Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [])
     async with asyncio.timeout(timing.remaining()):
         newest = await store.last_batch(channel)
     end = newest.end if newest is not None else None
@@ -153,7 +163,15 @@ async def _open(
         deliveries += reader.deliveries(store.live_events(newest, cursor.seq), None)
     else:
         reader = _Reader(cursor, cursor.seq, aligned=False)
-    return _Opened(channel, reader, end, start.fresh, deliveries)
+    feed = await stack.enter_async_context(hub.subscribe(channel, end))
+    return _Opened(channel, reader, feed, start.fresh, deliveries)
+
+
+class _Subscribe(NamedTuple):
+    hub: ChannelHub
+    stack: contextlib.AsyncExitStack
+    store: EventLog
+    timing: SessionTiming
 
 
 class End(StrEnum):
@@ -165,14 +183,7 @@ class End(StrEnum):
     RESTART = "restart"
 
 
-@dataclass(slots=True)
-class _Following:
-    channel: str
-    reader: _Reader
-    feed: ChannelFeed
-
-
-Framing = Callable[[str, list[Delivery]], bytes]
+Framing = Callable[[_Opened, list[Delivery]], bytes]
 
 
 async def event_stream(
@@ -187,20 +198,19 @@ async def event_stream(
     channel's own log."""
     end = End.STORE_ERROR
     try:
-        opened = await _open(
-            channel,
-            lambda head, since: resolve_start(last_event_id, head, since),
-            last_event_id,
-            store,
-            timing,
-        )
-        if opened.fresh:
-            yield wire.encode_id(opened.reader.cursor.event_id)
-        if opened.deliveries:
-            yield b"".join(map(encode_delivery, opened.deliveries))
-        async with hub.subscribe(channel, opened.end) as feed:
-            following = [_Following(channel, opened.reader, feed)]
-            async for chunk in _tail(following, store, timing, _plain):
+        async with contextlib.AsyncExitStack() as stack:
+            opened = await _open(
+                channel,
+                lambda head, since: resolve_start(last_event_id, head, since),
+                last_event_id,
+                last_event_id is None,
+                _Subscribe(hub, stack, store, timing),
+            )
+            if opened.fresh:
+                yield wire.encode_id(opened.reader.cursor.event_id)
+            if opened.deliveries:
+                yield _plain(opened, opened.deliveries)
+            async for chunk in _tail([opened], store, timing, _plain):
                 if isinstance(chunk, End):
                     end = chunk
                 else:
@@ -223,30 +233,26 @@ async def multi_event_stream(
     end = End.STORE_ERROR
     try:
         requested = composite.decode(last_event_id, channels)
-        outcomes = await asyncio.gather(
-            *(_open(c, _chooser(requested, c), None, store, timing) for c in channels),
-            return_exceptions=True,
-        )
-        opened = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            opened.append(outcome)
-        positions = {o.channel: o.reader.cursor for o in opened}
-        framing = _envelopes(positions)
-        yield wire.encode_id(composite.encode(positions)) + b"".join(
-            framing(o.channel, o.deliveries) for o in opened if o.deliveries
-        )
         async with contextlib.AsyncExitStack() as stack:
-            following = [
-                _Following(
-                    o.channel,
-                    o.reader,
-                    await stack.enter_async_context(hub.subscribe(o.channel, o.end)),
-                )
-                for o in opened
-            ]
-            async for chunk in _tail(following, store, timing, framing):
+            subscribe = _Subscribe(hub, stack, store, timing)
+            outcomes = await asyncio.gather(
+                *(
+                    _open(c, _chooser(requested, c), None, _fresh(requested, c), subscribe)
+                    for c in channels
+                ),
+                return_exceptions=True,
+            )
+            opened = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                opened.append(outcome)
+            positions = {o.channel: o.reader.cursor for o in opened}
+            framing = _envelopes(positions)
+            yield wire.encode_id(composite.encode(positions)) + b"".join(
+                framing(o, o.deliveries) for o in opened if o.deliveries
+            )
+            async for chunk in _tail(opened, store, timing, framing):
                 if isinstance(chunk, End):
                     end = chunk
                 else:
@@ -256,8 +262,16 @@ async def multi_event_stream(
     yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
 
 
-def _plain(channel: str, deliveries: list[Delivery]) -> bytes:
-    return b"".join(map(encode_delivery, deliveries))
+def _fresh(requested: dict[str, composite.Requested] | None, channel: str) -> bool:
+    return requested is not None and requested[channel] == composite.Requested()
+
+
+def _plain(opened: _Opened, deliveries: list[Delivery]) -> bytes:
+    # Every session on the channel sends an event's frame as is: encode it once.
+    frame = opened.feed.frame
+    return b"".join(
+        frame(d) if isinstance(d, StoredEvent) else encode_delivery(d) for d in deliveries
+    )
 
 
 def _chooser(
@@ -272,7 +286,8 @@ def _envelopes(positions: dict[str, Position]) -> Framing:
     """Frames of a multi-channel session; ``positions`` (every channel's last
     delivered position) moves with each frame, whose id says where all of them are."""
 
-    def framing(channel: str, deliveries: list[Delivery]) -> bytes:
+    def framing(opened: _Opened, deliveries: list[Delivery]) -> bytes:
+        channel = opened.channel
         quoted = json.dumps(channel)
         frames = []
         for delivery in deliveries:
@@ -308,7 +323,7 @@ def _log_early_end(exc: Exception, channels: Sequence[str]) -> None:
 
 
 async def _tail(
-    following: list[_Following],
+    following: list[_Opened],
     store: EventLog,
     timing: SessionTiming,
     framing: Framing,
@@ -335,7 +350,7 @@ async def _tail(
                 progressed = True
                 reader.scanned_to = events[-1].seq
             if events:
-                chunks.append(framing(f.channel, reader.deliveries(events, f.feed)))
+                chunks.append(framing(f, reader.deliveries(events, f.feed)))
         if chunks:
             yield b"".join(chunks)
             next_heartbeat = clock() + timing.heartbeat_seconds

@@ -90,3 +90,45 @@ async def test_one_session_under_64_kib_events_at_full_speed_keeps_memory_bounde
     growth = server.rss_bytes() - baseline
     # 800 events of 64 KiB are 52 MB: buffering them all would show.
     assert growth < 32 << 20, f"RSS grew by {growth / 2**20:.1f} MiB"
+
+
+async def test_an_in_process_publish_is_handed_to_the_feed_without_a_query(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    # Polls 60 s apart: only the hand-over can deliver within the session.
+    server = gateway(poll_min_seconds=60, poll_max_seconds=60, max_session_seconds=3)
+    assert server.store is not None
+    url = f"{server.url}/channels/handed/events"
+    await publish(http, server.url, "handed", {"data": "warms the writer's cached end"})
+    reading = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 3))
+    await asyncio.sleep(0.3)
+    queries = server.store.stats.queries
+    ids = await publish(http, server.url, "handed", {"events": [{"data": 1}, {"data": 2}]})
+    ids += await publish(http, server.url, "handed", {"data": 3})
+    session = await asyncio.wait_for(reading, 10)
+    assert [e.last_event_id for e in session.events] == ids
+    assert server.store.stats.queries == queries  # no poll, no read: handed over
+
+
+async def test_fresh_connections_join_a_running_feed_without_a_query_each(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(poll_min_seconds=60, poll_max_seconds=60, max_session_seconds=3)
+    assert server.store is not None
+    url = f"{server.url}/channels/crowd/events"
+    (before,) = await publish(http, server.url, "crowd", {"data": 0})
+    first = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))
+    await asyncio.sleep(0.3)
+    queries = server.store.stats.queries
+    crowd = [
+        asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))
+        for _ in range(50)
+    ]
+    await asyncio.sleep(1)
+    assert server.hub.feeds["crowd"].subscribers == 51
+    assert server.store.stats.queries == queries  # they all started at the feed's position
+    (event_id,) = await publish(http, server.url, "crowd", {"data": 1})
+    sessions = await asyncio.gather(first, *crowd)
+    assert {s.last_event_id for s in sessions} == {event_id}
+    assert all([e.last_event_id for e in s.events] == [event_id] for s in sessions)
+    assert before != event_id
