@@ -48,7 +48,7 @@ async def _client(
                         got.setdefault(line[6:], time.monotonic())
                     elif line.startswith("retry: "):
                         retry_ms = int(line[7:])
-            held.append(time.monotonic() - started)
+            held.append(min(time.monotonic(), stop) - started)  # within the window
             await asyncio.sleep(retry_ms / 1000)
 
 
@@ -77,6 +77,7 @@ async def measure(speedup: float, clients: int, hours: float) -> list[dict[str, 
                     for i in range(clients)
                 ]
                 sent: dict[str, float] = {}
+                await asyncio.sleep(1)  # every client connected before the first event
                 async with httpx.AsyncClient() as http:
                     n = 0
                     while time.monotonic() < stop - 60 / speedup:
@@ -100,6 +101,7 @@ async def measure(speedup: float, clients: int, hours: float) -> list[dict[str, 
                     "events": len(sent),
                     "delivered": len(lags),
                     "lag_p50_seconds": round(percentile(lags, 50), 1),
+                    "lag_p99_seconds": round(percentile(lags, 99), 1),
                     "lag_max_seconds": round(max(lags), 1),
                 }
             )

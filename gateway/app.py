@@ -32,8 +32,9 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.hub import ChannelHub
+from gateway.multiplex import multi_event_stream
 from gateway.publisher import Publisher
-from gateway.session import SessionTiming, event_stream, multi_event_stream
+from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
 from gateway.store import EventLog
 from gateway.validation import (

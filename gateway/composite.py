@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_position
@@ -79,15 +79,26 @@ def _seq(seq: int) -> str:
 
 def encode(positions: Mapping[str, Position]) -> str:
     """The cursor for ``positions`` by channel."""
-    parts = []
-    for channel in sorted(positions):
-        position = positions[channel]
-        parts.append(channel_tag(channel))
-        if position.epoch is None:
-            parts.append(_EMPTY_MARK)
-        else:
-            parts.append(_two(epoch_fingerprint(position.epoch)) + _seq(position.seq))
-    return "".join(parts)
+    return Encoder(positions)(positions)
+
+
+class Encoder:
+    """Cursors of one session's channels: their tags and order worked out once,
+    as every frame of the session carries a cursor."""
+
+    def __init__(self, channels: Iterable[str]) -> None:
+        self._tags = [(channel, channel_tag(channel)) for channel in sorted(channels)]
+
+    def __call__(self, positions: Mapping[str, Position]) -> str:
+        parts = []
+        for channel, tag in self._tags:
+            position = positions[channel]
+            parts.append(tag)
+            if position.epoch is None:
+                parts.append(_EMPTY_MARK)
+            else:
+                parts.append(_two(epoch_fingerprint(position.epoch)) + _seq(position.seq))
+        return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

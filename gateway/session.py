@@ -8,11 +8,10 @@ EventSource gives up for good on any non-200 answer, so trouble is reported by
 ending the stream and letting the browser come back, never by a status.
 
 A session follows one channel (``/channels/{channel}/events``: frames as
-published, ids of the channel's own log) or several (``/events``: JSON envelopes
-in plain ``message`` frames whose id is a composite cursor, see
-``gateway.composite``). Both walk each channel's log with the same reader, so
-every per-channel guarantee holds for each channel of a multi-channel session;
-across channels, only each channel's own order is kept.
+published, ids of the channel's own log; here) or several (``/events``, see
+``gateway.multiplex``). Both walk each channel's log with the reader and tail
+loop below, so every per-channel guarantee holds for each channel of a
+multi-channel session.
 
 No store call may outlive the session's deadline: each is bounded by what is
 left of it (one at a time; a timeout must not span a generator's ``yield``),
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from gateway import composite, wire
+from gateway import wire
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
 from gateway.errors import GatewayError
 from gateway.hub import ChannelFeed, ChannelHub
@@ -122,7 +121,7 @@ def _known(position: Position) -> str | None:
 
 
 @dataclass(slots=True)
-class _Opened:
+class Opened:
     channel: str
     reader: _Reader
     feed: ChannelFeed
@@ -130,13 +129,13 @@ class _Opened:
     deliveries: list[Delivery]
 
 
-async def _open(
+async def open_channel(
     channel: str,
     choose: Callable[[Position, int], Start],
     requested: str | None,
     fresh: bool,
-    subscribe: _Subscribe,
-) -> _Opened:
+    subscribe: Subscription,
+) -> Opened:
     """Where a session on ``channel`` starts (``choose`` decides from the log's
     head), what it delivers first, and the channel's feed, subscribed."""
     hub, stack, store, timing = subscribe
@@ -147,7 +146,7 @@ async def _open(
         # between finding the feed and joining it, so it cannot stop in between.
         head = feed.position
         await stack.enter_async_context(hub.subscribe(channel, feed))
-        return _Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [])
+        return Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [])
     async with asyncio.timeout(timing.remaining()):
         newest = await store.last_batch(channel)
     end = newest.end if newest is not None else None
@@ -164,10 +163,10 @@ async def _open(
     else:
         reader = _Reader(cursor, cursor.seq, aligned=False)
     feed = await stack.enter_async_context(hub.subscribe(channel, end))
-    return _Opened(channel, reader, feed, start.fresh, deliveries)
+    return Opened(channel, reader, feed, start.fresh, deliveries)
 
 
-class _Subscribe(NamedTuple):
+class Subscription(NamedTuple):
     hub: ChannelHub
     stack: contextlib.AsyncExitStack
     store: EventLog
@@ -183,7 +182,7 @@ class End(StrEnum):
     RESTART = "restart"
 
 
-Framing = Callable[[_Opened, list[Delivery]], bytes]
+Framing = Callable[[Opened, list[Delivery]], bytes]
 
 
 async def event_stream(
@@ -199,74 +198,28 @@ async def event_stream(
     end = End.STORE_ERROR
     try:
         async with contextlib.AsyncExitStack() as stack:
-            opened = await _open(
+            opened = await open_channel(
                 channel,
                 lambda head, since: resolve_start(last_event_id, head, since),
                 last_event_id,
                 last_event_id is None,
-                _Subscribe(hub, stack, store, timing),
+                Subscription(hub, stack, store, timing),
             )
             if opened.fresh:
                 yield wire.encode_id(opened.reader.cursor.event_id)
             if opened.deliveries:
                 yield _plain(opened, opened.deliveries)
-            async for chunk in _tail([opened], store, timing, _plain):
+            async for chunk in tail([opened], store, timing, _plain):
                 if isinstance(chunk, End):
                     end = chunk
                 else:
                     yield chunk
     except (GatewayError, TimeoutError) as exc:
-        _log_early_end(exc, [channel])
+        log_early_end(exc, [channel])
     yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
 
 
-async def multi_event_stream(
-    channels: Sequence[str],
-    last_event_id: str | None,
-    *,
-    store: EventLog,
-    hub: ChannelHub,
-    timing: SessionTiming,
-) -> AsyncIterator[bytes]:
-    """The session of ``/events``: every channel's events as JSON envelopes in plain
-    ``message`` frames, whose id is the composite cursor of all the channels."""
-    end = End.STORE_ERROR
-    try:
-        requested = composite.decode(last_event_id, channels)
-        async with contextlib.AsyncExitStack() as stack:
-            subscribe = _Subscribe(hub, stack, store, timing)
-            outcomes = await asyncio.gather(
-                *(
-                    _open(c, _chooser(requested, c), None, _fresh(requested, c), subscribe)
-                    for c in channels
-                ),
-                return_exceptions=True,
-            )
-            opened = []
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                opened.append(outcome)
-            positions = {o.channel: o.reader.cursor for o in opened}
-            framing = _envelopes(positions)
-            yield wire.encode_id(composite.encode(positions)) + b"".join(
-                framing(o, o.deliveries) for o in opened if o.deliveries
-            )
-            async for chunk in _tail(opened, store, timing, framing):
-                if isinstance(chunk, End):
-                    end = chunk
-                else:
-                    yield chunk
-    except (GatewayError, TimeoutError) as exc:
-        _log_early_end(exc, channels)
-    yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
-
-
-def _fresh(requested: dict[str, composite.Requested] | None, channel: str) -> bool:
-    return requested is not None and requested[channel] == composite.Requested()
-
-
-def _plain(opened: _Opened, deliveries: list[Delivery]) -> bytes:
+def _plain(opened: Opened, deliveries: list[Delivery]) -> bytes:
     # Every session on the channel sends an event's frame as is: encode it once.
     frame = opened.feed.frame
     return b"".join(
@@ -274,56 +227,13 @@ def _plain(opened: _Opened, deliveries: list[Delivery]) -> bytes:
     )
 
 
-def _chooser(
-    requested: dict[str, composite.Requested] | None, channel: str
-) -> Callable[[Position, int], Start]:
-    if requested is None:  # not a cursor of ours: every channel restarts at its head
-        return lambda head, since: Start(head, reset=ResetReason.INVALID_ID)
-    return requested[channel].start
-
-
-def _envelopes(positions: dict[str, Position]) -> Framing:
-    """Frames of a multi-channel session; ``positions`` (every channel's last
-    delivered position) moves with each frame, whose id says where all of them are."""
-
-    def framing(opened: _Opened, deliveries: list[Delivery]) -> bytes:
-        channel = opened.channel
-        quoted = json.dumps(channel)
-        frames = []
-        for delivery in deliveries:
-            if isinstance(delivery, Reset):
-                positions[channel] = delivery.continues_after
-                data = json.dumps(
-                    {
-                        "channel": channel,
-                        "reason": delivery.reason.value,
-                        "last_event_id": delivery.requested,
-                        "continues_after": delivery.continues_after.event_id,
-                    },
-                    separators=(",", ":"),
-                )
-                frames.append(
-                    wire.encode_event(data, event="reset", id=composite.encode(positions))
-                )
-            else:
-                positions[channel] = delivery.position
-                data = (
-                    f'{{"channel":{quoted},"event":{json.dumps(delivery.event)},'
-                    f'"id":"{delivery.event_id}","data":{delivery.data}}}'
-                )
-                frames.append(wire.encode_event(data, id=composite.encode(positions)))
-        return b"".join(frames)
-
-    return framing
-
-
-def _log_early_end(exc: Exception, channels: Sequence[str]) -> None:
+def log_early_end(exc: Exception, channels: Sequence[str]) -> None:
     reason = exc.message if isinstance(exc, GatewayError) else "the store did not answer"
     logger.warning("session on channels %s ends early: %s", ", ".join(channels), reason)
 
 
-async def _tail(
-    following: list[_Opened],
+async def tail(
+    following: list[Opened],
     store: EventLog,
     timing: SessionTiming,
     framing: Framing,
