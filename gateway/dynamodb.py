@@ -1,4 +1,5 @@
-"""The aioboto3 DynamoDB client, configured once for every caller.
+"""The aioboto3 DynamoDB client, configured once for every caller, and what its
+errors mean to the gateway.
 
 Throttling and transient errors are retried by botocore's ``standard`` retry
 mode (exponential backoff with jitter); nothing here re-implements it.
@@ -8,17 +9,35 @@ says (botocore's ``max_attempts`` key would count retries only).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
+from gateway.errors import GatewayError, StoreMisconfigured, StoreUnavailable
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionInProgressException",
+        "TransactionConflictException",
+        "TransactionCanceledException",
+    }
+)
+_MISCONFIGURED_CODES = frozenset(
+    {"ResourceNotFoundException", "AccessDeniedException", "UnrecognizedClientException"}
+)
 
 
 @asynccontextmanager
@@ -37,3 +56,24 @@ async def open_dynamodb(
         config=config,
     ) as client:
         yield client
+
+
+@contextmanager
+def store_errors(table_name: str) -> Iterator[None]:
+    """botocore's errors (after its retries) as the gateway's."""
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _UNAVAILABLE_CODES:
+            raise StoreUnavailable(
+                f"DynamoDB is throttling or unavailable ({code}) after retries; try again shortly"
+            ) from exc
+        if code in _MISCONFIGURED_CODES:
+            raise StoreMisconfigured(
+                f"DynamoDB table {table_name!r} is missing or not accessible ({code}); "
+                "check SSE_GATEWAY_TABLE_NAME and the function's permissions"
+            ) from exc
+        raise GatewayError(f"DynamoDB rejected the request ({code}): {exc}") from exc
+    except BotoCoreError as exc:
+        raise StoreUnavailable(f"DynamoDB could not be reached ({exc}); try again shortly") from exc

@@ -15,10 +15,11 @@ from typing import Any, Protocol
 import aioboto3
 from pydantic import JsonValue
 
+from gateway.commit import Appended
 from gateway.dynamodb import open_dynamodb
 from gateway.items import NewEvent, StoredEvent
 from gateway.settings import Settings
-from gateway.store import Appended, EventLog
+from gateway.store import EventLog
 from gateway.validation import check_channel, check_idempotency_key, new_events
 
 

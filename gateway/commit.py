@@ -1,0 +1,359 @@
+"""Group commit: the appends waiting on a channel leave in one write.
+
+A process writes to a channel one request at a time (``gateway/store.py`` says
+why). Appends that arrive while a write is in flight wait in the channel's
+queue, and the next write carries all of them, in arrival order, as ONE item:
+still all or nothing, never half visible to a reader, one conditional put (or
+one transaction with the key records of its keyed appends). Each append keeps
+its own answer:
+
+- its own ids, consecutive within the item in the order of its events;
+- a keyed append whose key is taken is answered with the original ids (a
+  replay) or ``IdempotencyKeyReused``; the cancelled transaction wrote
+  nothing, so it leaves the group and the others are written without it;
+- a write whose outcome is unknown (``StoreUnavailable``, or anything else
+  that escapes) fails every member alike: each publishes again, with its key.
+
+Deliberate choices:
+
+- No waiting to gather: the first append on an idle channel is written at once,
+  and groups form only behind a write in flight. A lone publisher pays nothing
+  for this, and a group grows with the round trip it waited for.
+- The writes run in a task of their own per channel (alive while appends wait),
+  not in a caller's: a caller that gives up (its deadline) cannot cancel the
+  write that carries the others. An append whose caller gave up before its
+  write began is not written.
+- A group is cut at the first append that does not fit, never reordered: at
+  most ``MAX_BATCH_EVENTS`` events and ``MAX_ITEM_PAYLOAD_BYTES`` of event data
+  (one item of at most 400 KB), at most 99 keyed appends (a transaction holds
+  100 items: the batch and a record each), never two with one key (a
+  transaction touches an item once; the second goes in the next write, finds
+  the record and is answered as a replay).
+- A keyed member makes the write a transaction, so the other members' events
+  cost the transaction's doubled write units: still fewer units, and far fewer
+  round trips, than writing them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from gateway.cursor import new_epoch
+from gateway.dynamodb import store_errors
+from gateway.errors import IdempotencyKeyReused, StoreUnavailable
+from gateway.items import (
+    PARTITION_KEY,
+    SORT_KEY,
+    TTL_ATTRIBUTE,
+    Batch,
+    IdempotencyRecord,
+    LogEnd,
+    NewEvent,
+    StoredEvent,
+    batch_item,
+    decode_batch,
+    decode_idempotency_record,
+    idempotency_record,
+    place,
+    request_digest,
+    stored_events,
+)
+from gateway.settings import MAX_BATCH_EVENTS, MAX_ITEM_PAYLOAD_BYTES
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+
+    from gateway.store import StoreStats
+
+# After this many consecutive lost races, stop probing past the slot's item and
+# re-read the end of the log: another process is far ahead of this one.
+_PROBES_BEFORE_REQUERY = 4
+_MAX_CONFLICTS = 64
+_MAX_CHANNELS = 10_000
+_MAX_KEYED = 99
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    events: list[StoredEvent]
+    replayed: bool = False  # an idempotent repeat: nothing was written
+
+
+@dataclass(eq=False, slots=True)
+class _Append:
+    """One caller's append, waiting for its write."""
+
+    events: Sequence[NewEvent]
+    key: str | None
+    future: asyncio.Future[Appended]
+    digest: str = ""  # of the events, for a keyed append
+    size: int = 0  # bytes of event data, as the validation counts them
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            self.digest = request_digest(self.events)
+        self.size = sum(len(e.data.encode()) + len(e.event or "") for e in self.events)
+
+    def answer(self, result: Appended | BaseException) -> None:
+        if self.future.done():  # its caller gave up
+            return
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
+
+
+@dataclass(slots=True)
+class _Channel:
+    queue: deque[_Append] = field(default_factory=deque)
+    writing: asyncio.Task[None] | None = None
+    end: LogEnd | None = None  # the log's end as this process last wrote it
+
+
+def _take_group(queue: deque[_Append]) -> list[_Append]:
+    """The appends at the head of ``queue`` that fit in one write, in arrival order."""
+    group: list[_Append] = []
+    events = size = 0
+    keys: set[str] = set()
+    while queue:
+        head = queue[0]
+        if head.future.done():  # its caller gave up before it was written
+            queue.popleft()
+            continue
+        if group and (
+            events + len(head.events) > MAX_BATCH_EVENTS
+            or size + head.size > MAX_ITEM_PAYLOAD_BYTES
+            or (head.key is not None and (head.key in keys or len(keys) == _MAX_KEYED))
+        ):
+            break
+        group.append(queue.popleft())
+        events += len(head.events)
+        size += head.size
+        if head.key is not None:
+            keys.add(head.key)
+    return group
+
+
+def _shares(events: tuple[StoredEvent, ...], group: list[_Append]) -> list[tuple[StoredEvent, ...]]:
+    """Each member's slice of the group's events."""
+    shares = []
+    start = 0
+    for member in group:
+        shares.append(events[start : start + len(member.events)])
+        start += len(member.events)
+    return shares
+
+
+def _replay(channel: str, member: _Append, record: IdempotencyRecord) -> Appended | Exception:
+    if record.digest != member.digest:
+        return IdempotencyKeyReused(
+            f"Idempotency-Key {member.key!r} was used on channel {channel!r} for other "
+            "events; use a new key for a new publish"
+        )
+    return Appended(record.events(member.events), replayed=True)
+
+
+class Appender:
+    """The appends of one process to every channel of one table."""
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table_name: str,
+        *,
+        retention_seconds: int,
+        write_window_seconds: float,
+        clock: Callable[[], float],
+        stats: StoreStats,
+        log_end: Callable[[str], Awaitable[LogEnd | None]],
+    ) -> None:
+        self._client = client
+        self._table = table_name
+        self._retention = retention_seconds
+        self._write_window = write_window_seconds
+        self._clock = clock
+        self._stats = stats
+        self._log_end = log_end
+        self._channels: dict[str, _Channel] = {}
+
+    async def append(
+        self, channel: str, events: Sequence[NewEvent], idempotency_key: str | None
+    ) -> Appended:
+        waiting = _Append(events, idempotency_key, asyncio.get_running_loop().create_future())
+        state = self._channel(channel)
+        state.queue.append(waiting)
+        if state.writing is None:
+            state.writing = asyncio.create_task(self._drain(channel, state))
+        return await waiting.future
+
+    def _channel(self, channel: str) -> _Channel:
+        state = self._channels.get(channel)
+        if state is None:
+            if len(self._channels) >= _MAX_CHANNELS:
+                idle = [name for name, s in self._channels.items() if s.writing is None]
+                for name in idle[: len(idle) // 2 + 1]:
+                    del self._channels[name]
+            state = self._channels[channel] = _Channel()
+        return state
+
+    async def _drain(self, channel: str, state: _Channel) -> None:
+        """Write the channel's queue, a group at a time, until it is empty."""
+        group: list[_Append] = []
+        try:
+            while group := _take_group(state.queue):
+                try:
+                    await self._write(channel, group, state)
+                except Exception as exc:
+                    state.end = None  # the outcome is unknown: read the end again next time
+                    for member in group:
+                        member.answer(exc)
+        finally:
+            state.writing = None
+            if group or state.queue:  # cancelled (the loop is closing): nothing will write them
+                state.end = None
+                for member in [*group, *state.queue]:
+                    member.future.cancel()
+                state.queue.clear()
+
+    async def _write(self, channel: str, group: list[_Append], state: _Channel) -> None:
+        """Write ``group`` as one item at the log's end and answer each member."""
+        end = state.end
+        if end is None or not end.trusted(self._clock(), self._write_window):
+            end = await self._log_end(channel)
+        write_id = uuid.uuid4().hex
+        conflicts = 0
+        while group:
+            if conflicts == _MAX_CONFLICTS:
+                raise StoreUnavailable(
+                    f"channel {channel!r} is under heavy concurrent publishing; retry the publish"
+                )
+            if conflicts and conflicts % _PROBES_BEFORE_REQUERY == 0:
+                end = await self._log_end(channel)
+            now = self._clock()
+            placement = place(end, now=now, retention=self._retention, new_epoch=new_epoch)
+            batch = Batch(
+                stored_events(placement, [e for m in group for e in m.events], now),
+                placement.expires_at,
+                write_id,
+            )
+            shares = _shares(batch.events, group)
+            item = batch_item(channel, batch)
+            keyed = [
+                (m, m.key, share)
+                for m, share in zip(group, shares, strict=True)
+                if m.key is not None
+            ]
+            records_held: list[dict[str, Any] | None] = []
+            if not keyed:
+                taken = await self._put(item)
+            else:
+                records = [
+                    idempotency_record(
+                        channel, key, m.digest, Batch(share, batch.expires_at, write_id)
+                    )
+                    for m, key, share in keyed
+                ]
+                taken, records_held = await self._put_with_records(item, records, now)
+            replays = [
+                (member, decode_idempotency_record(held))
+                for (member, _, _), held in zip(keyed, records_held, strict=True)
+                if held is not None
+            ]
+            if taken is None and not replays:
+                state.end = batch.end
+                for member, share in zip(group, shares, strict=True):
+                    member.answer(Appended(list(share)))
+                return
+            for member, record in replays:
+                member.answer(_replay(channel, member, record))
+            group = [m for m in group if all(m is not member for member, _ in replays)]
+            if taken is not None:
+                self._stats.conflicts += 1
+                conflicts += 1
+                end = decode_batch(taken).end
+
+    async def _put(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """Put ``item`` into a free slot; returns the item that holds the slot instead,
+        or None when the slot holds ``item`` (written now, or by an earlier attempt
+        whose response was lost)."""
+        self._stats.writes += 1
+        with store_errors(self._table):
+            try:
+                await self._client.put_item(
+                    TableName=self._table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#s)",
+                    ExpressionAttributeNames={"#s": SORT_KEY},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+                response: dict[str, Any] = dict(exc.response)
+                existing: dict[str, Any] | None = response.get("Item")
+                if existing is None:
+                    raise
+                return None if existing["wid"] == item["wid"] else existing
+        return None
+
+    async def _put_with_records(
+        self, item: dict[str, Any], records: list[dict[str, Any]], now: float
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any] | None]]:
+        """The batch and its idempotency records in one transaction. Returns the item
+        holding the slot if the slot was taken, and for each record the existing one
+        if its key was taken; (None, [None, ...]) when all of them are ours."""
+        self._stats.writes += 1
+        # An expired record that TTL has not deleted yet no longer counts.
+        transaction: Any = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(#s)",
+                    "ExpressionAttributeNames": {"#s": SORT_KEY},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            *(
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": record,
+                        "ConditionExpression": "attribute_not_exists(#c) OR #e <= :now",
+                        "ExpressionAttributeNames": {"#c": PARTITION_KEY, "#e": TTL_ATTRIBUTE},
+                        "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                }
+                for record in records
+            ),
+        ]
+        mine: list[dict[str, Any] | None] = [None] * len(records)
+        with store_errors(self._table):
+            try:
+                await self._client.transact_write_items(TransactItems=transaction)
+            except ClientError as exc:
+                response: dict[str, Any] = dict(exc.response)
+                if response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                    raise
+                # One reason per item, in order: the slot's, then each key record's.
+                reasons = response.get("CancellationReasons", [])
+                held = [
+                    reasons[i].get("Item")
+                    if i < len(reasons) and reasons[i].get("Code") == "ConditionalCheckFailed"
+                    else None
+                    for i in range(1 + len(records))
+                ]
+                if all(x is None for x in held):
+                    raise  # a conflict or throttling, not a condition: unavailable
+                if any(x is not None and x["wid"] == item["wid"] for x in held):
+                    return None, mine  # an earlier attempt of ours landed
+                return held[0], held[1:]
+        return None, mine
