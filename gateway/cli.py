@@ -3,18 +3,28 @@
 ``dev`` is the one-command local setup: an embedded DynamoDB (moto's server on
 loopback), the table, and the demo page. ``serve`` is the container entry
 point: the same app against the DynamoDB the settings name.
+
+Both run on uvloop's event loop with the httptools HTTP parser when they are
+installed (the ``serve`` extra, which ``local`` includes), else on asyncio and
+h11: C instead of Python in the loop and in request parsing, for every frame
+of every stream (see BENCHMARKS.md). The server runs inside our own
+``asyncio`` runner (the DynamoDB client must be opened on the loop that serves),
+so the loop is chosen here rather than by ``uvicorn.run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
+from typing import Any
 
 import aioboto3
 import uvicorn
@@ -68,6 +78,7 @@ async def serve(
     port: int,
     session: aioboto3.Session | None = None,
     create_table: bool = False,
+    http: str = "auto",
 ) -> None:
     async with open_dynamodb(settings, session) as client:
         if create_table and await ensure_table(client, settings.table_name):
@@ -75,7 +86,7 @@ async def serve(
         store = EventLog.for_settings(client, settings)
         app = create_app(settings, store)
         config = uvicorn.Config(
-            app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
+            app, host=host, port=port, http=http, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
         )
         logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         await _Server(config, on_exit=app.state.hub.close).serve()
@@ -92,7 +103,39 @@ def _parser() -> argparse.ArgumentParser:
     for command in (dev, serve):
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8000)
+        command.add_argument(
+            "--loop",
+            choices=["auto", "uvloop", "asyncio"],
+            default="auto",
+            help="event loop (auto: uvloop when installed)",
+        )
+        command.add_argument(
+            "--http",
+            choices=["auto", "httptools", "h11"],
+            default="auto",
+            help="HTTP parser (auto: httptools when installed)",
+        )
     return parser
+
+
+def _server_stack(args: argparse.Namespace) -> tuple[str, str]:
+    """The event loop and HTTP parser to serve with: ``auto`` takes the fast one
+    when it is installed."""
+    loop, http = args.loop, args.http
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    for chosen in (loop, http):
+        if importlib.util.find_spec(chosen) is None:
+            raise SettingsError(f"{chosen} is not installed: pip install 'sse-gateway[serve]'")
+    return loop, http
+
+
+def _run(serving: Coroutine[Any, Any, None], loop: str) -> None:
+    factory = importlib.import_module("uvloop").new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serving)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,11 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     try:
         settings = load_settings()
+        loop, http = _server_stack(args)
     except SettingsError as exc:
         print(f"sse-gateway: {exc.message}", file=sys.stderr)
         return 2
+    logger.info("serving on the %s event loop with the %s HTTP parser", loop, http)
     if args.command == "serve":
-        asyncio.run(serve(settings, host=args.host, port=args.port))
+        _run(serve(settings, host=args.host, port=args.port, http=http), loop)
         return 0
 
     from infra.local import embedded_dynamodb, local_session
@@ -117,15 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(
             update={"dynamodb_endpoint_url": endpoint, "demo_page": True}
         )
-        asyncio.run(
-            serve(
-                settings,
-                host=args.host,
-                port=args.port,
-                session=local_session(),
-                create_table=True,
-            )
+        serving = serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            session=local_session(),
+            create_table=True,
+            http=http,
         )
+        _run(serving, loop)
     return 0
 
 

@@ -67,6 +67,43 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert "POST /channels/demo/events?token=[redacted]" in output
     assert "s3cret-token" not in output
     assert "auth is off" in output
+    # The dev install holds the `serve` extra: uvicorn's C loop and parser.
+    assert "serving on the uvloop event loop with the httptools HTTP parser" in output
+
+
+def test_serve_runs_on_asyncio_and_h11_when_asked(dynamodb_endpoint: str) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    command = ["serve", "--port", str(port), "--loop", "asyncio", "--http", "h11"]
+    process = subprocess.Popen(
+        sse_gateway_command(*command),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(200):
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert response.status_code == 200
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert "serving on the asyncio event loop with the h11 HTTP parser" in output
 
 
 def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
