@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
 
@@ -78,11 +79,12 @@ def machine() -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(
-    command: list[str], env: dict[str, str] | None = None
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         command,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -133,7 +135,36 @@ class Target:
 
 
 @contextlib.contextmanager
-def gateway(dynamodb: str, **settings: object) -> Iterator[Target]:
+def checkout(ref: str) -> Iterator[Path]:
+    """The gateway's code (``gateway/``, ``infra/``) as of git ``ref``, in a temporary
+    directory: a before-and-after comparison runs both in one run, on one store."""
+    root = Path(tempfile.mkdtemp(prefix="bench-checkout-"))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "gateway", "infra"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def python_module(module: str, source: Path | None) -> tuple[list[str], Path, dict[str, str]]:
+    """``python -m module`` importing the ``gateway`` package of ``source`` (a
+    ``checkout``; this tree when None): the command, its working directory (which
+    ``-m`` puts first on ``sys.path``) and the environment it adds (``bench``
+    from this tree)."""
+    return [sys.executable, "-m", module], source or ROOT, {"PYTHONPATH": str(ROOT)}
+
+
+@contextlib.contextmanager
+def gateway(
+    dynamodb: str, *, source: Path | None = None, args: Sequence[str] = (), **settings: object
+) -> Iterator[Target]:
+    """``sse-gateway dev`` on ``dynamodb``; ``source`` runs a ``checkout`` of another
+    revision instead, ``args`` are more command-line arguments (``--loop asyncio``)."""
     port = free_port()
     env = {
         "SSE_GATEWAY_TABLE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
@@ -141,15 +172,9 @@ def gateway(dynamodb: str, **settings: object) -> Iterator[Target]:
         "AWS_SECRET_ACCESS_KEY": "bench",
         **{f"SSE_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()},
     }
-    command = [
-        str(BIN / "sse-gateway"),
-        "dev",
-        "--dynamodb-endpoint",
-        dynamodb,
-        "--port",
-        str(port),
-    ]
-    with running(command, env) as process:
+    python, cwd, more_env = python_module("gateway.cli", source)
+    command = [*python, "dev", "--dynamodb-endpoint", dynamodb, "--port", str(port), *args]
+    with running(command, {**env, **more_env}, cwd) as process:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
 
@@ -266,6 +291,42 @@ class Subscriber:
             for line in lines:
                 if line.startswith(b"data:"):
                     self._on_data(line[5:].strip().decode(), now)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class Poster:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON, on a raw socket: a load
+    generator far lighter than httpx, so a publish rate measures the server."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self._address = (host, int(port))
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: object) -> bytes:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(*self._address)
+        assert self._reader is not None
+        payload = json.dumps(body).encode()
+        self._writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        head = (await self._reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        length = next(
+            int(line.split(":", 1)[1])
+            for line in head.split("\r\n")
+            if line.lower().startswith("content-length:")
+        )
+        answer = await self._reader.readexactly(length)
+        if not head.startswith("HTTP/1.1 2"):
+            raise RuntimeError(f"publish failed: {head.splitlines()[0]} {answer!r}")
+        return answer
 
     def close(self) -> None:
         if self._writer is not None:
