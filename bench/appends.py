@@ -33,6 +33,7 @@ from bench.common import (
     cpu_seconds,
     gateway,
     moto_server,
+    py_spy,
     python_module,
     write_result,
 )
@@ -45,6 +46,7 @@ from infra.table import ensure_table
 
 Append = Callable[[int], Awaitable[object]]
 TABLE = "bench-appends"
+PROFILE_RATE = 250  # samples per second
 
 
 async def rate(
@@ -75,10 +77,16 @@ async def rate(
 
 
 async def python_api(
-    endpoint: str, channel: str, publishers: int, seconds: float, moto_pid: int
+    endpoint: str,
+    channel: str,
+    publishers: int,
+    seconds: float,
+    moto_pid: int,
+    profile: str | None = None,
 ) -> dict[str, object]:
     """One row of the Python API, in this process: the rate, how many appends a
-    write carried, and whether the log came out gapless from seq 1."""
+    write carried, and whether the log came out gapless from seq 1; with
+    ``profile``, py-spy's samples of the appending there (``bench/profile.py``)."""
     settings = Settings(table_name=TABLE, dynamodb_endpoint_url=endpoint)
     async with open_dynamodb(settings, local_session()) as client:
         log = EventLog.for_settings(client, settings)
@@ -87,7 +95,9 @@ async def python_api(
             return log.append(channel, [NewEvent(json.dumps({"n": n}))])
 
         watched = {"publisher": [os.getpid()], "moto": [moto_pid]}
-        row: dict[str, object] = {**await rate([append] * publishers, seconds, watched)}
+        sampling = py_spy(Path(profile), PROFILE_RATE) if profile else contextlib.nullcontext()
+        with sampling:
+            row: dict[str, object] = {**await rate([append] * publishers, seconds, watched)}
         writes = log.stats.writes
         seqs: list[int] = []
         after, more = 0, True

@@ -99,6 +99,30 @@ def running(
             process.wait()
 
 
+@contextlib.contextmanager
+def py_spy(output: Path, rate: int) -> Iterator[None]:
+    """Sample this process with py-spy (idle samples too, as collapsed stacks) for
+    the duration of the block."""
+    command = [str(BIN / "py-spy"), "record", "--pid", str(os.getpid()), "--idle"]
+    command += [
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--nolineno",
+        "-r",
+        str(rate),
+        "-o",
+        str(output),
+    ]
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached and sampling
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        recorder.wait(30)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time the processes have used so far."""
     total = 0

@@ -2,7 +2,9 @@
 
 Each event carries the publisher's ``time.monotonic()`` (one clock for every
 process on the machine); each subscriber notes when its ``data:`` line arrives.
-Scenarios: 1, 100 and 1000 subscribers on one channel, 100 channels x 10.
+Scenarios: 1, 100 and 1000 subscribers on one channel, 100 channels x 10. The
+gateway runs twice, on asyncio + h11 (uvicorn's pure-Python stack) and on
+uvloop + httptools (its default when installed).
 
     .venv/bin/python -m bench.latency          # writes bench/results/latency.json
                                                # and bench/latency.png
@@ -32,7 +34,7 @@ from bench.common import (
     write_result,
 )
 
-SCENARIOS = [(1, 1), (100, 1), (1000, 1), (10, 100)]  # (subscribers per channel, channels)
+SCENARIOS = ["1x1", "100x1", "1000x1", "10x100"]  # subscribers per channel x channels
 
 
 async def measure(
@@ -100,31 +102,35 @@ async def measure(
 
 
 @contextlib.contextmanager
-def targets(dynamodb: str) -> Iterator[list[tuple[str, Target, Target]]]:
+def targets(dynamodb: str, with_nchan: bool) -> Iterator[list[tuple[str, Target, Target]]]:
     """(label, where subscribers connect, where events are published)."""
-    table = {"table_name": f"bench-latency-{time.time_ns()}"}
+    table = f"bench-latency-{time.time_ns()}"
     # A publish through another process (a separate publish Lambda) reaches the
     # subscribers' process through the log: its tail loop's next poll.
-    with (
-        gateway(dynamodb, **table) as subscribed,
-        gateway(dynamodb, **table) as elsewhere,
-        nchan() as hub,
-    ):
-        yield [
-            ("sse-gateway", subscribed, subscribed),
-            ("sse-gateway, published via another process", subscribed, elsewhere),
-            ("nchan", hub, hub),
+    with contextlib.ExitStack() as stack:
+        plain = stack.enter_context(
+            gateway(dynamodb, args=["--loop", "asyncio", "--http", "h11"], table_name=table)
+        )
+        fast = stack.enter_context(gateway(dynamodb, table_name=table))
+        elsewhere = stack.enter_context(gateway(dynamodb, table_name=table))
+        found = [
+            ("sse-gateway, asyncio + h11", plain, plain),
+            ("sse-gateway, uvloop + httptools", fast, fast),
+            ("sse-gateway, uvloop + httptools, published via another process", fast, elsewhere),
         ]
+        if with_nchan:
+            hub = stack.enter_context(nchan())
+            found.append(("nchan", hub, hub))
+        yield found
 
 
-def plot(rows: list[dict[str, object]], path: Path) -> None:
+def plot(rows: list[dict[str, object]], scenarios: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(str(r["target"]) for r in rows))  # in order of appearance
-    scenarios = [f"{p}x{c}" for p, c in SCENARIOS]
     figure, axes = plt.subplots(figsize=(10, 4.8))
     width = 0.8 / len(labels)
     for k, label in enumerate(labels):
@@ -140,10 +146,10 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
         axes.bar(xs, p50, width, label=label, color=f"C{k}")
     axes.set_yscale("log")
     axes.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(scenarios))])
-    axes.set_xticklabels([f"{p} subs x {c} ch" for p, c in SCENARIOS])
+    axes.set_xticklabels([s.replace("x", " subs x ") + " ch" for s in scenarios])
     axes.set_ylabel("publish → deliver latency, ms (log)")
     axes.set_title("p50 (solid) and p99 (light) per scenario")
-    axes.legend()
+    axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -152,11 +158,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200, help="events per scenario")
     parser.add_argument("--rate", type=float, default=20, help="events per second")
+    parser.add_argument("--no-nchan", action="store_true", help="without nginx + nchan")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=SCENARIOS)
     args = parser.parse_args()
     raise_fd_limit()
     rows = []
-    with moto_server() as moto, targets(moto.url) as servers:
-        for per_channel, channels in SCENARIOS:
+    with moto_server() as moto, targets(moto.url, not args.no_nchan) as servers:
+        for scenario in args.scenarios:
+            per_channel, channels = map(int, scenario.split("x"))
             for label, subscribed, published in servers:
                 row = await measure(
                     subscribed, per_channel, channels, args.events, args.rate, published, moto.pid
@@ -165,7 +174,7 @@ async def main() -> None:
                 rows.append(row)
                 print(json.dumps(row))
     write_result("latency", {"events": args.events, "rate": args.rate, "rows": rows})
-    plot(rows, Path(__file__).parent / "latency.png")
+    plot(rows, args.scenarios, Path(__file__).parent / "latency.png")
 
 
 if __name__ == "__main__":
