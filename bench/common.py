@@ -106,6 +106,7 @@ def py_spy(output: Path, rate: int) -> Iterator[None]:
     command = [str(BIN / "py-spy"), "record", "--pid", str(os.getpid()), "--idle"]
     command += [
         "--nonblocking",
+        "--full-filenames",
         "--format",
         "raw",
         "--nolineno",
