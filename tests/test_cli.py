@@ -69,8 +69,22 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert "auth is off" in output
 
 
-def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
-    env = {**os.environ, "SSE_GATEWAY_HEARTBEAT_SECONDS": "-3"}
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SSE_GATEWAY_HEARTBEAT_SECONDS", "-3", "SSE_GATEWAY_HEARTBEAT_SECONDS"),
+        (
+            "SSE_GATEWAY_HEARTBEAT_SECOND",
+            "5",
+            "SSE_GATEWAY_HEARTBEAT_SECOND is not a setting; the closest is "
+            "SSE_GATEWAY_HEARTBEAT_SECONDS",
+        ),
+    ],
+)
+def test_invalid_setting_fails_at_start_naming_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    env = {**os.environ, variable: value}
     result = subprocess.run(
         sse_gateway_command("dev", "--port", str(free_port())),
         env=env,
@@ -79,4 +93,4 @@ def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "SSE_GATEWAY_HEARTBEAT_SECONDS" in result.stderr
+    assert message in result.stderr

@@ -246,6 +246,14 @@ async def test_stream_reports_invalid_settings_to_init_error(runtime: Runtime) -
     assert "SSE_GATEWAY_RETRY_MS" in error["errorMessage"]
 
 
+async def test_stream_reports_an_unknown_variable_to_init_error(runtime: Runtime) -> None:
+    async with runtime(warm=False, SSE_GATEWAY_HEARTBEAT_SECOND="5") as (emulator, _):
+        headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
+    assert headers["lambda-runtime-function-error-type"] == "Runtime.ConfigurationError"
+    assert "SSE_GATEWAY_HEARTBEAT_SECOND is not a setting; the closest is " in error["errorMessage"]
+    assert "SSE_GATEWAY_HEARTBEAT_SECONDS" in error["errorMessage"]
+
+
 async def test_stream_names_an_invalid_max_concurrency_in_its_init_error(runtime: Runtime) -> None:
     async with runtime(warm=False, AWS_LAMBDA_MAX_CONCURRENCY="0") as (emulator, _):
         headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
