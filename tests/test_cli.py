@@ -58,6 +58,8 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
         events = [event for chunk in response.iter_raw() for event in parser.feed(chunk)]
     assert [(e.data, e.last_event_id) for e in events] == [('{"hello":"world"}', event_id)]
     assert parser.retry == 10  # the session ended itself after 1 s
+    metrics = httpx.get(f"{url}/metrics")  # dev turns metrics on
+    assert "sse_gateway_events_published_total 1.0" in metrics.text.splitlines()
 
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=15)
