@@ -22,6 +22,12 @@ minutes and CloudWatch keeps datapoints by the minute.
 
 Each label value (``end="idle"``) is a dimension, beside ``function`` (the
 function's name), so each document holds the metrics of one set of labels.
+
+Powertools rather than aws-embedded-metrics: its provider keeps its state per
+instance and, given a namespace and a service, reads nothing from the
+environment, where aws-embedded-metrics configures itself from ``AWS_EMF_*``
+variables into a module-wide object. It adds 4.4 MB to each Lambda package
+(its dependencies are there already, through botocore and pydantic).
 """
 
 from __future__ import annotations
