@@ -65,6 +65,7 @@ from gateway.items import (
     request_digest,
     stored_events,
 )
+from gateway.metrics import Metrics
 from gateway.settings import MAX_BATCH_EVENTS, MAX_ITEM_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ class Appender:
         clock: Callable[[], float],
         stats: StoreStats,
         log_end: Callable[[str], Awaitable[LogEnd | None]],
+        metrics: Metrics,
     ) -> None:
         self._client = client
         self._table = table_name
@@ -181,6 +183,7 @@ class Appender:
         self._clock = clock
         self._stats = stats
         self._log_end = log_end
+        self._metrics = metrics
         self._channels: dict[str, _Channel] = {}
 
     async def append(
@@ -284,7 +287,7 @@ class Appender:
         or None when the slot holds ``item`` (written now, or by an earlier attempt
         whose response was lost)."""
         self._stats.writes += 1
-        with store_errors(self._table):
+        with store_errors(self._table, self._metrics, "put"):
             try:
                 await self._client.put_item(
                     TableName=self._table,
@@ -336,7 +339,7 @@ class Appender:
             ),
         ]
         mine: list[dict[str, Any] | None] = [None] * len(records)
-        with store_errors(self._table):
+        with store_errors(self._table, self._metrics, "transact_write"):
             try:
                 await self._client.transact_write_items(TransactItems=transaction)
             except ClientError as exc:

@@ -18,6 +18,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.errors import GatewayError, StoreMisconfigured, StoreUnavailable
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ _UNAVAILABLE_CODES = frozenset(
         "TransactionConflictException",
         "TransactionCanceledException",
     }
+)
+# Of those, the ones that say the table needs more capacity.
+_THROTTLING_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
 _MISCONFIGURED_CODES = frozenset(
     {"ResourceNotFoundException", "AccessDeniedException", "UnrecognizedClientException"}
@@ -59,21 +64,27 @@ async def open_dynamodb(
 
 
 @contextmanager
-def store_errors(table_name: str) -> Iterator[None]:
-    """botocore's errors (after its retries) as the gateway's."""
+def store_errors(table_name: str, metrics: Metrics, operation: str) -> Iterator[None]:
+    """One DynamoDB call: counted, and its failure (after botocore's retries) counted
+    by kind and translated into the gateway's errors."""
+    metrics.store_request(operation)
     try:
         yield
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _UNAVAILABLE_CODES:
+            metrics.store_error("throttled" if code in _THROTTLING_CODES else "unavailable")
             raise StoreUnavailable(
                 f"DynamoDB is throttling or unavailable ({code}) after retries; try again shortly"
             ) from exc
         if code in _MISCONFIGURED_CODES:
+            metrics.store_error("misconfigured")
             raise StoreMisconfigured(
                 f"DynamoDB table {table_name!r} is missing or not accessible ({code}); "
                 "check SSE_GATEWAY_TABLE_NAME and the function's permissions"
             ) from exc
+        metrics.store_error("rejected")
         raise GatewayError(f"DynamoDB rejected the request ({code}): {exc}") from exc
     except BotoCoreError as exc:
+        metrics.store_error("unavailable")
         raise StoreUnavailable(f"DynamoDB could not be reached ({exc}); try again shortly") from exc

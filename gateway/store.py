@@ -37,6 +37,7 @@ from gateway.items import (
     StoredEvent,
     decode_batch,
 )
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class EventLog:
         retention_seconds: int,
         write_window_seconds: float,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._table = table_name
@@ -88,6 +90,7 @@ class EventLog:
         self._write_window = write_window_seconds
         self._clock = clock
         self.stats = StoreStats()
+        self._metrics = metrics if metrics is not None else Metrics()
         self._appender = Appender(
             client,
             table_name,
@@ -96,11 +99,16 @@ class EventLog:
             clock=clock,
             stats=self.stats,
             log_end=self._log_end,
+            metrics=self._metrics,
         )
 
     @classmethod
     def for_settings(
-        cls, client: DynamoDBClient, settings: Settings, clock: Callable[[], float] = time.time
+        cls,
+        client: DynamoDBClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> EventLog:
         return cls(
             client,
@@ -108,6 +116,7 @@ class EventLog:
             retention_seconds=settings.retention_seconds,
             write_window_seconds=settings.write_window_seconds,
             clock=clock,
+            metrics=metrics,
         )
 
     async def last_batch(self, channel: str) -> Batch | None:
@@ -186,7 +195,7 @@ class EventLog:
             names["#s"] = SORT_KEY
             values[":s"] = {"N": str(seq)}
         self.stats.queries += 1
-        with store_errors(self._table):
+        with store_errors(self._table, self._metrics, "query"):
             response = await self._client.query(
                 TableName=self._table,
                 KeyConditionExpression=condition,
