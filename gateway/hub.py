@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from gateway import wire
 from gateway.cursor import EMPTY, Position
-from gateway.errors import FeedLimitReached, GatewayError, LogRestarted
+from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.items import LogEnd, StoredEvent
 from gateway.store import EventLog, Page
 
@@ -351,5 +351,5 @@ class ChannelHub:
     def close(self) -> None:
         """End every open session cleanly, so their browsers reconnect (elsewhere)."""
         for feed in self._feeds.values():
-            feed.stop(GatewayError("the server is shutting down"))
+            feed.stop(ShuttingDown("the server is shutting down"))
         self._feeds.clear()
