@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -78,7 +79,11 @@ class ChannelFeed:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"sse-feed:{self.channel}")
+        # A context of its own: the feed outlives the request that started it, so it
+        # must not log under that request's id (handlers/logs.py).
+        self._task = asyncio.create_task(
+            self._run(), name=f"sse-feed:{self.channel}", context=contextvars.Context()
+        )
 
     def stop(self, reason: GatewayError | None = None) -> None:
         """Stop polling; with a ``reason``, the feed's sessions end (with ``retry:``) too."""
