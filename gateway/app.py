@@ -160,14 +160,16 @@ def create_app(
         deadline = now + settings.max_session_seconds * jitter
         if (hard_deadline := host_deadline(request)) is not None:
             deadline = min(deadline, hard_deadline)
-        if grant_ends is not None:
-            deadline = min(deadline, now + grant_ends - time.time())
+        token_bound = grant_ends is not None and now + grant_ends - time.time() < deadline
+        if grant_ends is not None and token_bound:
+            deadline = now + grant_ends - time.time()
         return SessionTiming(
             deadline=deadline,
             heartbeat_seconds=settings.heartbeat_seconds,
             retry_ms=settings.retry_ms,
             idle_seconds=settings.idle_session_seconds,
             idle_retry_ms=round(settings.idle_retry_ms * jitter),
+            token_bound=token_bound,
         )
 
     def last_event_id(request: Request) -> str | None:
@@ -177,7 +179,9 @@ def create_app(
     async def stream_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
         timing = session_timing(request, authorize(request, Action.SUBSCRIBE, channel))
-        stream = event_stream(channel, last_event_id(request), store=store, hub=hub, timing=timing)
+        stream = event_stream(
+            channel, last_event_id(request), store=store, hub=hub, timing=timing, metrics=metrics
+        )
         return EventStreamResponse(stream, STREAM_HEADERS)
 
     async def stream_channels(request: Request) -> Response:
@@ -186,7 +190,7 @@ def create_app(
         )
         timing = session_timing(request, authorize(request, Action.SUBSCRIBE, *channels))
         stream = multi_event_stream(
-            channels, last_event_id(request), store=store, hub=hub, timing=timing
+            channels, last_event_id(request), store=store, hub=hub, timing=timing, metrics=metrics
         )
         return EventStreamResponse(stream, STREAM_HEADERS)
 

@@ -72,6 +72,11 @@ class FeedLimitReached(GatewayError):
     with ``retry:`` (and may land on another instance)."""
 
 
+class ShuttingDown(GatewayError):
+    """The server is stopping: its sessions end with ``retry:`` and their browsers
+    reconnect (to another instance)."""
+
+
 class LogRestarted(GatewayError):
     """A channel's log started over below a shared feed's position: its sessions end
     with ``retry:`` and their reconnects resolve against the new log."""

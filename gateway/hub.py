@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 
 from gateway import wire
 from gateway.cursor import EMPTY, Position
-from gateway.errors import FeedLimitReached, GatewayError, LogRestarted
+from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.items import LogEnd, StoredEvent
 from gateway.store import EventLog, Page
 
@@ -78,7 +79,11 @@ class ChannelFeed:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"sse-feed:{self.channel}")
+        # A context of its own: the feed outlives the request that started it, so it
+        # must not log under that request's id (handlers/logs.py).
+        self._task = asyncio.create_task(
+            self._run(), name=f"sse-feed:{self.channel}", context=contextvars.Context()
+        )
 
     def stop(self, reason: GatewayError | None = None) -> None:
         """Stop polling; with a ``reason``, the feed's sessions end (with ``retry:``) too."""
@@ -351,5 +356,5 @@ class ChannelHub:
     def close(self) -> None:
         """End every open session cleanly, so their browsers reconnect (elsewhere)."""
         for feed in self._feeds.values():
-            feed.stop(GatewayError("the server is shutting down"))
+            feed.stop(ShuttingDown("the server is shutting down"))
         self._feeds.clear()

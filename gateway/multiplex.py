@@ -17,65 +17,71 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from gateway import composite, wire
 from gateway.cursor import Position, ResetReason, Start
-from gateway.errors import GatewayError
 from gateway.hub import ChannelHub
+from gateway.metrics import Metrics
 from gateway.session import (
+    Body,
     Delivery,
-    End,
     Framing,
     Opened,
     Reset,
     SessionTiming,
-    log_early_end,
     open_channel,
+    report,
+    run_session,
     tail,
 )
 from gateway.store import EventLog
 
 
-async def multi_event_stream(
+def multi_event_stream(
     channels: Sequence[str],
     last_event_id: str | None,
     *,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
+    metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     """The session of ``/events``: every channel's events as JSON envelopes in plain
     ``message`` frames, whose id is the composite cursor of all the channels."""
-    end = End.STORE_ERROR
+    body = _multiple(channels, last_event_id, store, hub, timing, metrics)
+    return run_session(body, channels, timing, metrics)
+
+
+async def _multiple(
+    channels: Sequence[str],
+    last_event_id: str | None,
+    store: EventLog,
+    hub: ChannelHub,
+    timing: SessionTiming,
+    metrics: Metrics,
+) -> Body:
+    requested = composite.decode(last_event_id, channels)
+    outcomes = await asyncio.gather(
+        *(
+            open_channel(c, _chooser(requested, c), None, _fresh(requested, c), store, hub, timing)
+            for c in channels
+        ),
+        return_exceptions=True,
+    )
+    opened = [o for o in outcomes if isinstance(o, Opened)]
     try:
-        requested = composite.decode(last_event_id, channels)
-        outcomes = await asyncio.gather(
-            *(
-                open_channel(
-                    c, _chooser(requested, c), None, _fresh(requested, c), store, hub, timing
-                )
-                for c in channels
-            ),
-            return_exceptions=True,
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        positions = {o.channel: o.reader.cursor for o in opened}
+        framing = _envelopes(positions)
+        for o in opened:
+            report(metrics, o.deliveries)
+        yield wire.encode_id(composite.encode(positions)) + b"".join(
+            framing(o, o.deliveries) for o in opened if o.deliveries
         )
-        opened = [o for o in outcomes if isinstance(o, Opened)]
-        try:
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            positions = {o.channel: o.reader.cursor for o in opened}
-            framing = _envelopes(positions)
-            yield wire.encode_id(composite.encode(positions)) + b"".join(
-                framing(o, o.deliveries) for o in opened if o.deliveries
-            )
-            async for chunk in tail(opened, store, timing, framing):
-                if isinstance(chunk, End):
-                    end = chunk
-                else:
-                    yield chunk
-        finally:
-            for o in opened:
-                hub.leave(o.feed)
-    except (GatewayError, TimeoutError) as exc:
-        log_early_end(exc, channels)
-    yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
+        async for chunk in tail(opened, store, timing, framing, metrics):
+            yield chunk
+    finally:
+        for o in opened:
+            hub.leave(o.feed)
 
 
 def _fresh(requested: dict[str, composite.Requested] | None, channel: str) -> bool:

@@ -24,15 +24,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import wire
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
-from gateway.errors import GatewayError
+from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.hub import ChannelFeed, ChannelHub
 from gateway.items import StoredEvent
+from gateway.metrics import Metrics
 from gateway.store import EventLog
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class SessionTiming:
     retry_ms: int
     idle_seconds: float | None = None  # end a session that delivered nothing this long
     idle_retry_ms: int = 0
+    token_bound: bool = False  # the deadline is the token's expiry
     clock: Callable[[], float] = time.monotonic
 
     def remaining(self) -> float:
@@ -167,53 +169,99 @@ async def open_channel(
 
 
 class End(StrEnum):
-    """Why a session ended (they all end with ``retry:``)."""
+    """Why a session ended (all but a client's disconnect end with ``retry:``)."""
 
     DEADLINE = "deadline"
+    TOKEN_EXPIRED = "token_expired"
     IDLE = "idle"
     STORE_ERROR = "store_error"
     RESTART = "restart"
+    SHUTDOWN = "shutdown"
+    LIMIT = "limit"
 
 
 Framing = Callable[[Opened, list[Delivery]], bytes]
+Body = AsyncGenerator[bytes | End, None]
 
 
-async def event_stream(
+async def run_session(
+    body: Body, channels: Sequence[str], timing: SessionTiming, metrics: Metrics
+) -> AsyncIterator[bytes]:
+    """What every session does around its ``body`` (frames, then why it ended):
+    counts itself open, turns trouble into an early end, ends with ``retry:``
+    (the longer idle retry after an idle end), and counts why it ended."""
+    end = End.STORE_ERROR
+    metrics.session_started()
+    ended = False
+    try:
+        try:
+            async for chunk in body:
+                if isinstance(chunk, End):
+                    end = chunk
+                else:
+                    yield chunk
+        except (GatewayError, TimeoutError) as exc:
+            end = End.LIMIT if isinstance(exc, FeedLimitReached) else End.STORE_ERROR
+            reason = exc.message if isinstance(exc, GatewayError) else "the store did not answer"
+            logger.warning("session on channels %s ends early: %s", ", ".join(channels), reason)
+        if end is End.DEADLINE and timing.token_bound:
+            end = End.TOKEN_EXPIRED
+        ended = True
+        yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
+    finally:
+        await body.aclose()  # a client that left: the body leaves its feeds now
+        metrics.session_ended(end.value if ended else "disconnect")
+
+
+def event_stream(
     channel: str,
     last_event_id: str | None,
     *,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
+    metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     """The session of the single-channel endpoint: frames as published, ids of the
     channel's own log."""
-    end = End.STORE_ERROR
+    body = _single(channel, last_event_id, store, hub, timing, metrics)
+    return run_session(body, [channel], timing, metrics)
+
+
+async def _single(
+    channel: str,
+    last_event_id: str | None,
+    store: EventLog,
+    hub: ChannelHub,
+    timing: SessionTiming,
+    metrics: Metrics,
+) -> Body:
+    opened = await open_channel(
+        channel,
+        lambda head, since: resolve_start(last_event_id, head, since),
+        last_event_id,
+        last_event_id is None,
+        store,
+        hub,
+        timing,
+    )
     try:
-        opened = await open_channel(
-            channel,
-            lambda head, since: resolve_start(last_event_id, head, since),
-            last_event_id,
-            last_event_id is None,
-            store,
-            hub,
-            timing,
-        )
-        try:
-            if opened.fresh:
-                yield wire.encode_id(opened.reader.cursor.event_id)
-            if opened.deliveries:
-                yield _plain(opened, opened.deliveries)
-            async for chunk in tail([opened], store, timing, _plain):
-                if isinstance(chunk, End):
-                    end = chunk
-                else:
-                    yield chunk
-        finally:
-            hub.leave(opened.feed)
-    except (GatewayError, TimeoutError) as exc:
-        log_early_end(exc, [channel])
-    yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
+        if opened.fresh:
+            yield wire.encode_id(opened.reader.cursor.event_id)
+        if opened.deliveries:
+            report(metrics, opened.deliveries)
+            yield _plain(opened, opened.deliveries)
+        async for chunk in tail([opened], store, timing, _plain, metrics):
+            yield chunk
+    finally:
+        hub.leave(opened.feed)
+
+
+def report(metrics: Metrics, deliveries: Sequence[Delivery]) -> None:
+    metrics.delivered([d.appended_at for d in deliveries if isinstance(d, StoredEvent)])
+    for d in deliveries:
+        if isinstance(d, Reset):
+            metrics.reset(d.reason.value)
 
 
 def _plain(opened: Opened, deliveries: list[Delivery]) -> bytes:
@@ -224,16 +272,12 @@ def _plain(opened: Opened, deliveries: list[Delivery]) -> bytes:
     )
 
 
-def log_early_end(exc: Exception, channels: Sequence[str]) -> None:
-    reason = exc.message if isinstance(exc, GatewayError) else "the store did not answer"
-    logger.warning("session on channels %s ends early: %s", ", ".join(channels), reason)
-
-
 async def tail(
     following: list[Opened],
     store: EventLog,
     timing: SessionTiming,
     framing: Framing,
+    metrics: Metrics,
 ) -> AsyncIterator[bytes | End]:
     """Deliver what each channel's feed (or, behind it, the log) holds after the
     session's position, until the deadline; the last item says why it ended."""
@@ -257,7 +301,9 @@ async def tail(
                 progressed = True
                 reader.scanned_to = events[-1].seq
             if events:
-                chunks.append(framing(f, reader.deliveries(events, f.feed)))
+                deliveries = reader.deliveries(events, f.feed)
+                report(metrics, deliveries)
+                chunks.append(framing(f, deliveries))
         if chunks:
             yield b"".join(chunks)
             next_heartbeat = clock() + timing.heartbeat_seconds
@@ -265,8 +311,8 @@ async def tail(
                 idle_until = clock() + (timing.idle_seconds or 0)
         if progressed:
             continue
-        if any(f.feed.failure is not None for f in following):
-            yield End.RESTART
+        if failure := next((f.feed.failure for f in following if f.feed.failure), None):
+            yield _FAILURE_ENDS.get(type(failure), End.STORE_ERROR)
             return
         if idle_until is not None and clock() >= idle_until:
             yield End.IDLE
@@ -277,6 +323,9 @@ async def tail(
             yield wire.encode_comment()
             next_heartbeat = clock() + timing.heartbeat_seconds
     yield End.DEADLINE
+
+
+_FAILURE_ENDS = {LogRestarted: End.RESTART, ShuttingDown: End.SHUTDOWN}
 
 
 async def _wait_any(feeds: list[ChannelFeed], at_most: float) -> None:

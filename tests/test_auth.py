@@ -123,7 +123,10 @@ def _unsigned(claims: dict[str, Any]) -> str:
         ("not-a-jwt", "invalid"),
         (mint(GRANT, SECRET[::-1]), "invalid"),
         (mint({**GRANT, "exp": int(time.time()) - 60}), "expired"),
-        (mint({**GRANT, "nbf": int(time.time()) + 120}), "not valid yet"),
+        (
+            mint({**GRANT, "nbf": int(time.time()) + 86_400}),
+            "not valid yet",
+        ),  # minted at collection
         (_unsigned(GRANT), "invalid"),
         (jwt.encode({"sse": GRANT["sse"]}, SECRET, algorithm="HS256"), "invalid"),  # no exp
         (mint({"sse": {"subscribe": "orders:*"}}), "must be a list"),

@@ -4,6 +4,7 @@ real server, after a scripted scenario, with the counts checked exactly."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -20,6 +21,7 @@ from gateway.store import EventLog
 from infra.local import local_session
 from tests.eventstream import read_session
 from tests.servers import FaultProxy, GatewayServer
+from tests.test_auth import GRANT, SECRET, mint
 
 StartGateway = Callable[..., GatewayServer]
 OpenLog = Callable[..., AbstractAsyncContextManager[EventLog]]
@@ -226,6 +228,40 @@ async def test_metrics_count_idle_and_disconnected_sessions(
     ends = by_label(samples, "sse_gateway_sessions_total", "end")
     assert (ends["idle"], ends["disconnect"], sum(ends.values())) == (1, 1, 2)
     assert value(samples, "sse_gateway_open_sessions") == 0
+
+
+async def test_metrics_count_token_expiry_limit_and_shutdown_ends(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(
+        metrics=True,
+        max_session_seconds=30,
+        max_feeds=1,
+        auth_secret=SECRET,
+        auth_leeway_seconds=0,
+        session_jitter=0,
+    )
+    url = f"{server.url}/channels/%s/events?token={mint({**GRANT, 'exp': int(time.time()) + 2})}"
+    held = asyncio.create_task(read_session(http, url % "orders:1"))
+    await asyncio.sleep(0.3)
+    refused = await read_session(http, url % "orders:2")  # a second feed: over the limit
+    assert refused.status == 200
+    await held  # ends at the token's expiry
+    samples = await scrape_until(
+        http, server, lambda s: sum(by_label(s, "sse_gateway_sessions_total", "end").values()) >= 2
+    )
+    ends = by_label(samples, "sse_gateway_sessions_total", "end")
+    assert (ends["limit"], ends["token_expired"], sum(ends.values())) == (1, 1, 2)
+    token = mint(GRANT)
+    shutting = asyncio.create_task(
+        read_session(http, f"{server.url}/channels/orders:3/events?token={token}")
+    )
+    await asyncio.sleep(0.3)
+    assert server._loop is not None
+    server._loop.call_soon_threadsafe(server.hub.close)  # as uvicorn's shutdown does
+    assert (await shutting).retry == 50
+    samples = await scrape(http, server)
+    assert by_label(samples, "sse_gateway_sessions_total", "end")["shutdown"] == 1
 
 
 async def test_metrics_are_served_only_when_on(

@@ -75,7 +75,7 @@ def test_template_subscribe_function_streams_publicly_with_read_only_access(
     url = function["FunctionUrlConfig"]
     assert (url["InvokeMode"], url["AuthType"]) == ("RESPONSE_STREAM", "NONE")
     assert url["Cors"]["AllowOrigins"] == {"Ref": "AllowedOrigins"}
-    assert _actions(function) == {"dynamodb:Query", "dynamodb:GetItem"}
+    assert _actions(function) == {"dynamodb:Query"}
     wrapper = function["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"]
     local_wrapper = ROOT / wrapper.removeprefix("/var/task/")
     assert local_wrapper.is_file() and os.access(local_wrapper, os.X_OK)
