@@ -32,6 +32,31 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
+class Tokens:
+    """An app's token endpoint as the page's ``token()`` reaches it (through
+    Playwright's ``expose_function``): mints a token per call and counts the calls.
+    ``before(n)`` runs before the n-th token is handed out."""
+
+    def __init__(
+        self,
+        subscribe: Sequence[str],
+        ttl: float = 300,
+        key: str = SECRET,
+        before: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.calls = 0
+        self._subscribe = subscribe
+        self._ttl = ttl
+        self._key = key
+        self._before = before
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self._before is not None:
+            await self._before(self.calls)
+        return mint(subscribe=self._subscribe, ttl=self._ttl, key=self._key)
+
+
 # Imports the client from the gateway and records everything the stream reports in
 # window.seen; with a token function, every token comes from the test (mintToken).
 _OPEN = """async ({ options, withTokenFunction }) => {
@@ -48,7 +73,7 @@ _OPEN = """async ({ options, withTokenFunction }) => {
 async def open_stream(
     page: Page,
     gateway_url: str,
-    token: Callable[[], Awaitable[str]] | None = None,
+    token: Tokens | None = None,
     **options: Any,
 ) -> None:
     """Loads a page of the gateway's origin and connects the client there with
@@ -72,14 +97,15 @@ class Sent:
 
 
 class RequestLog:
-    """Every request to ``/events`` the browser made, as its network layer saw it."""
+    """Every request to ``path`` the browser made, as its network layer saw it."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, path: str = "/events?") -> None:
         self.sent: list[Sent] = []
+        self._path = path
         page.on("request", self._record)
 
     def _record(self, request: Request) -> None:
-        if "/events?" in request.url:
+        if self._path in request.url:
             self.sent.append(Sent(time.monotonic(), request.resource_type, request.url))
 
     def of(self, kind: str, since: float = 0.0) -> list[Sent]:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext
 
-from tests.browser_client import SECRET, RequestLog, bearer, mint, open_stream, seen
+from tests.browser_client import SECRET, RequestLog, Tokens, bearer, mint, open_stream, seen
 from tests.servers import GatewayProcess, GatewayServer, publish
 
 StartProcess = Callable[..., GatewayProcess]
@@ -69,15 +69,9 @@ async def test_client_delivers_every_event_once_across_channels_sessions_and_tok
 ) -> None:
     server = gateway_process(max_session_seconds=1.5, retry_ms=100, **AUTH)
     channels = ["orders:1", "orders:2", "user:7"]
-    tokens = 0
-
-    async def token() -> str:
-        nonlocal tokens
-        tokens += 1
-        return mint(subscribe=["orders:*", "user:7"], ttl=3)
-
+    tokens = Tokens(subscribe=["orders:*", "user:7"], ttl=3)
     page = await browser.new_page()
-    await open_stream(page, server.url, token, channels=channels, backoff={"initialMs": 200})
+    await open_stream(page, server.url, tokens, channels=channels, backoff={"initialMs": 200})
     await page.wait_for_function("window.stream.state === 'open'")
 
     batches = await asyncio.gather(
@@ -92,7 +86,7 @@ async def test_client_delivers_every_event_once_across_channels_sessions_and_tok
     expiries = [e for e in log["error"] if e["status"] == 401]
     assert len(expiries) >= 3, log["error"]
     assert all(e["retrying"] and e["code"] == "unauthorized" for e in log["error"])
-    assert tokens == len(expiries) + 1
+    assert tokens.calls == len(expiries) + 1
     assert log["state"].count("open") >= 6  # sessions ended by time and by token expiry
     assert "closed" not in log["state"]
 
@@ -106,21 +100,18 @@ async def test_client_loses_nothing_when_its_first_token_expires_before_any_even
     server = gateway_process(max_session_seconds=30, retry_ms=100, **AUTH)
     channels = ["orders:1", "user:7"]
     meanwhile: list[list[str]] = []
-    tokens = 0
 
-    async def token() -> str:
-        nonlocal tokens
-        tokens += 1
-        if tokens == 2:  # the first expired: the page is between two connections
+    async def publish_meanwhile(call: int) -> None:
+        if call == 2:  # the first token expired: the page is between two connections
             for channel in channels:
                 body = {"events": [{"data": 1}, {"data": 2}]}
                 meanwhile.append(
                     await publish(http, server.url, channel, body, **bearer(PUBLISHER))
                 )
-        return mint(subscribe=["orders:*", "user:*"], ttl=2)
 
+    tokens = Tokens(subscribe=["orders:*", "user:*"], ttl=2, before=publish_meanwhile)
     page = await browser.new_page()
-    await open_stream(page, server.url, token, channels=channels, backoff={"initialMs": 200})
+    await open_stream(page, server.url, tokens, channels=channels, backoff={"initialMs": 200})
     reopened = "window.seen.state.filter((s) => s === 'open').length >= 2"
     await page.wait_for_function(reopened, timeout=10_000)
     await asyncio.sleep(1)
@@ -158,15 +149,10 @@ async def test_client_closes_with_the_reason_and_makes_no_further_request(
     server = gateway_process(**AUTH)
     page = await browser.new_page()
     requests = RequestLog(page)
-
-    async def token() -> str:
-        assert token_key is not None
-        return mint(subscribe=["orders:*"], key=token_key)
-
     await open_stream(
         page,
         server.url,
-        token if token_key else None,
+        Tokens(subscribe=["orders:*"], key=token_key) if token_key else None,
         channels=channels,
         backoff={"initialMs": 100, "maxMs": 200},
     )
@@ -185,31 +171,35 @@ async def test_client_closes_with_the_reason_and_makes_no_further_request(
 async def test_close_makes_no_request_before_the_first_connection_and_none_after(
     gateway_process: StartProcess, browser: BrowserContext, http: httpx.AsyncClient
 ) -> None:
-    server = gateway_process()
+    server = gateway_process(**AUTH)
+    tokens = Tokens(subscribe=["a"])
     page = await browser.new_page()
     requests = RequestLog(page)
+    await page.expose_function("mintToken", tokens)
     await page.goto(f"{server.url}/healthz")
-    # React strict mode mounts, unmounts and mounts again in one task.
+    # React strict mode mounts, unmounts and mounts again in one task: the first
+    # stream must not even ask for a token.
     await page.evaluate(
         """async () => {
           const { connect } = await import("/sse-gateway.js");
-          connect({ channels: ["a"] }).close();
-          window.stream = connect({ channels: ["a"] });
+          const options = { channels: ["a"], token: () => window.mintToken() };
+          connect(options).close();
+          window.stream = connect(options);
           window.messages = [];
           window.stream.addEventListener("message", (e) => window.messages.push(e.detail));
         }"""
     )
     await page.wait_for_function("window.stream.state === 'open'")
-    await publish(http, server.url, "a", {"data": "before"})
+    await publish(http, server.url, "a", {"data": "before"}, **bearer(PUBLISHER))
     await page.wait_for_function("window.messages.length === 1")
-    assert len(requests.sent) == 1
+    assert (tokens.calls, len(requests.sent)) == (1, 1)
 
     await page.evaluate("window.stream.close()")
-    await publish(http, server.url, "a", {"data": "after"})
+    await publish(http, server.url, "a", {"data": "after"}, **bearer(PUBLISHER))
     await asyncio.sleep(1.5)
     assert [m["data"] for m in await page.evaluate("window.messages")] == ["before"]
     assert await page.evaluate("window.stream.state") == "closed"
-    assert len(requests.sent) == 1
+    assert (tokens.calls, len(requests.sent)) == (1, 1)
 
 
 class Front:
