@@ -197,3 +197,11 @@ async def test_nextjs_strict_mode_double_mount_opens_one_connection(
     assert [s.kind for s in requests.sent] == ["eventsource"]
     assert len(token_requests.sent) == 1
     assert list(await _shown(page)) == ["news"]
+
+
+def test_client_declarations_type_check(built_example: Path) -> None:
+    """``sse-gateway.d.ts`` on its own under ``tsc --strict`` (the example's build
+    skips declaration files, as Next's default ``skipLibCheck`` does)."""
+    declarations = built_example.parent.parent / "clients" / "js" / "sse-gateway.d.ts"
+    tsc = str(built_example / "node_modules" / ".bin" / "tsc")
+    _run(tsc, "--noEmit", "--strict", "--lib", "dom,es2022", str(declarations))
