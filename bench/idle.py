@@ -74,14 +74,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="1000,10000", help="connection counts, ascending")
     parser.add_argument("--settle", type=float, default=3)
+    parser.add_argument("--targets", default="sse-gateway,nchan", help="which servers to measure")
     args = parser.parse_args()
     steps = [int(n) for n in args.steps.split(",")]
     raise_fd_limit()
     rows = []
     with moto_server() as moto:
         dynamodb = moto.url
-        for open_target in (lambda: gateway(dynamodb), nchan):
-            with open_target() as target:
+        targets = {"sse-gateway": lambda: gateway(dynamodb), "nchan": nchan}
+        for name in args.targets.split(","):
+            with targets[name]() as target:
                 rows += await hold(target, steps, args.settle)
     write_result("idle", rows)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,8 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import Action, Authenticator, bearer_token
 from gateway.errors import (
@@ -37,6 +39,7 @@ from gateway.publisher import Publisher
 from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
 from gateway.store import EventLog
+from gateway.streaming import EventStreamResponse
 from gateway.validation import (
     check_channel,
     check_channels,
@@ -78,6 +81,27 @@ def host_deadline(request: Request) -> float | None:
     """The deadline a host (the Lambda handlers) passed for this request, if any."""
     deadline = request.scope.get("extensions", {}).get(DEADLINE_EXTENSION)
     return float(deadline) if deadline is not None else None
+
+
+_STREAM_PATH = re.compile(r"/channels/(?P<channel>[^/]+)/events|/events")
+
+
+class _Gateway(Starlette):
+    """Sends subscriptions past the router and its exception layers straight to
+    the stream endpoints (with the same middleware): an idle connection holds its
+    whole call stack, and thousands are held (see BENCHMARKS.md, idle memory)."""
+
+    stream_app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stream_app is not None and scope["type"] == "http" and scope["method"] == "GET":
+            match = _STREAM_PATH.fullmatch(scope["path"])
+            if match is not None:
+                scope["app"] = self
+                scope["path_params"] = match.groupdict() if match["channel"] else {}
+                await self.stream_app(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -135,7 +159,7 @@ def create_app(
         channel = check_channel(request.path_params["channel"])
         timing = session_timing(request, authorize(request, Action.SUBSCRIBE, channel))
         stream = event_stream(channel, last_event_id(request), store=store, hub=hub, timing=timing)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
+        return EventStreamResponse(stream, STREAM_HEADERS)
 
     async def stream_channels(request: Request) -> Response:
         channels = check_channels(
@@ -145,7 +169,7 @@ def create_app(
         stream = multi_event_stream(
             channels, last_event_id(request), store=store, hub=hub, timing=timing
         )
-        return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
+        return EventStreamResponse(stream, STREAM_HEADERS)
 
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
@@ -234,12 +258,30 @@ def create_app(
                 max_age=86400,
             )
         )
-    app = Starlette(
+
+    async def stream_response(scope: Scope, receive: Receive) -> Response:
+        request = Request(scope, receive)
+        endpoint = stream_channels if scope["path"] == "/events" else stream_events
+        try:
+            return await endpoint(request)
+        except GatewayError as exc:
+            return await gateway_error(request, exc)
+
+    async def stream_directly(scope: Scope, receive: Receive, send: Send) -> None:
+        # The request (its parsed headers and query) is not kept for the stream's life.
+        response = await stream_response(scope, receive)
+        await response(scope, receive, send)
+
+    app = _Gateway(
         routes=routes,
         middleware=middleware,
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
         lifespan=lifespan,
     )
+    if subscribe:
+        app.stream_app = stream_directly
+        for entry in reversed(middleware):  # the same middleware, without the router
+            app.stream_app = entry.cls(app.stream_app, *entry.args, **entry.kwargs)
     app.state.hub = hub
     app.state.publisher = publisher
     return app

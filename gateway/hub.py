@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from gateway import wire
 from gateway.cursor import EMPTY, Position
@@ -292,20 +292,19 @@ class ChannelHub:
         """The channel's feed, if one runs, has not failed, and has seen the log's
         head lately (so a purge cannot have gone unseen for longer than a poll)."""
         feed = self._feeds.get(channel)
+        # A purge shows within a few polls; a connection storm must not lose the feed.
         if (
             feed is None
             or feed.failure is not None
-            or not feed.head_seen_within(2 * self._poll_max)
+            or not feed.head_seen_within(10 * self._poll_max)
         ):
             return None
         return feed
 
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, channel: str, head: LogEnd | ChannelFeed | None
-    ) -> AsyncIterator[ChannelFeed]:
+    def subscribe(self, channel: str, head: LogEnd | ChannelFeed | None) -> ChannelFeed:
         """The channel's feed for a session that found ``head`` as the log's newest item
-        (or that joins the running feed it found)."""
+        (or that joins the running feed it found); the session must ``leave`` it.
+        (Not a context manager: thousands of idle sessions each hold one.)"""
         feed = self._feeds.get(channel)
         if isinstance(head, ChannelFeed):
             assert feed is head, "join a running feed without awaiting in between"
@@ -333,14 +332,14 @@ class ChannelHub:
             self._feeds[channel] = feed
             feed.start()
         feed.subscribers += 1
-        try:
-            yield feed
-        finally:
-            feed.subscribers -= 1
-            if feed.subscribers == 0:
-                feed.stop()
-                if self._feeds.get(channel) is feed:
-                    del self._feeds[channel]
+        return feed
+
+    def leave(self, feed: ChannelFeed) -> None:
+        feed.subscribers -= 1
+        if feed.subscribers == 0:
+            feed.stop()
+            if self._feeds.get(feed.channel) is feed:
+                del self._feeds[feed.channel]
 
     def appended(self, channel: str, events: Sequence[StoredEvent]) -> None:
         """This process appended ``events`` to ``channel``: hand them to its feed, or

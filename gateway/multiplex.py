@@ -12,7 +12,6 @@ position (``gateway.composite``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -27,7 +26,6 @@ from gateway.session import (
     Opened,
     Reset,
     SessionTiming,
-    Subscription,
     log_early_end,
     open_channel,
     tail,
@@ -48,20 +46,20 @@ async def multi_event_stream(
     end = End.STORE_ERROR
     try:
         requested = composite.decode(last_event_id, channels)
-        async with contextlib.AsyncExitStack() as stack:
-            subscribe = Subscription(hub, stack, store, timing)
-            outcomes = await asyncio.gather(
-                *(
-                    open_channel(c, _chooser(requested, c), None, _fresh(requested, c), subscribe)
-                    for c in channels
-                ),
-                return_exceptions=True,
-            )
-            opened = []
+        outcomes = await asyncio.gather(
+            *(
+                open_channel(
+                    c, _chooser(requested, c), None, _fresh(requested, c), store, hub, timing
+                )
+                for c in channels
+            ),
+            return_exceptions=True,
+        )
+        opened = [o for o in outcomes if isinstance(o, Opened)]
+        try:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-                opened.append(outcome)
             positions = {o.channel: o.reader.cursor for o in opened}
             framing = _envelopes(positions)
             yield wire.encode_id(composite.encode(positions)) + b"".join(
@@ -72,6 +70,9 @@ async def multi_event_stream(
                     end = chunk
                 else:
                     yield chunk
+        finally:
+            for o in opened:
+                hub.leave(o.feed)
     except (GatewayError, TimeoutError) as exc:
         log_early_end(exc, channels)
     yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)

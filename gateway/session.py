@@ -21,14 +21,12 @@ so a hung DynamoDB cannot keep a Lambda past its own deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
 
 from gateway import wire
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
@@ -134,18 +132,20 @@ async def open_channel(
     choose: Callable[[Position, int], Start],
     requested: str | None,
     fresh: bool,
-    subscribe: Subscription,
+    store: EventLog,
+    hub: ChannelHub,
+    timing: SessionTiming,
 ) -> Opened:
     """Where a session on ``channel`` starts (``choose`` decides from the log's
-    head), what it delivers first, and the channel's feed, subscribed."""
-    hub, stack, store, timing = subscribe
+    head), what it delivers first, and the channel's feed, subscribed (the
+    session must ``hub.leave`` it)."""
     feed = hub.running(channel) if fresh else None
     if feed is not None:
         # The running feed knows the newest position it has seen, as recent as a
         # head query: a fresh session starts there without one. Nothing is awaited
         # between finding the feed and joining it, so it cannot stop in between.
         head = feed.position
-        await stack.enter_async_context(hub.subscribe(channel, feed))
+        hub.subscribe(channel, feed)
         return Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [])
     async with asyncio.timeout(timing.remaining()):
         newest = await store.last_batch(channel)
@@ -162,15 +162,8 @@ async def open_channel(
         deliveries += reader.deliveries(store.live_events(newest, cursor.seq), None)
     else:
         reader = _Reader(cursor, cursor.seq, aligned=False)
-    feed = await stack.enter_async_context(hub.subscribe(channel, end))
+    feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries)
-
-
-class Subscription(NamedTuple):
-    hub: ChannelHub
-    stack: contextlib.AsyncExitStack
-    store: EventLog
-    timing: SessionTiming
 
 
 class End(StrEnum):
@@ -197,14 +190,16 @@ async def event_stream(
     channel's own log."""
     end = End.STORE_ERROR
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            opened = await open_channel(
-                channel,
-                lambda head, since: resolve_start(last_event_id, head, since),
-                last_event_id,
-                last_event_id is None,
-                Subscription(hub, stack, store, timing),
-            )
+        opened = await open_channel(
+            channel,
+            lambda head, since: resolve_start(last_event_id, head, since),
+            last_event_id,
+            last_event_id is None,
+            store,
+            hub,
+            timing,
+        )
+        try:
             if opened.fresh:
                 yield wire.encode_id(opened.reader.cursor.event_id)
             if opened.deliveries:
@@ -214,6 +209,8 @@ async def event_stream(
                     end = chunk
                 else:
                     yield chunk
+        finally:
+            hub.leave(opened.feed)
     except (GatewayError, TimeoutError) as exc:
         log_early_end(exc, [channel])
     yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
