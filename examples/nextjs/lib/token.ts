@@ -13,7 +13,7 @@ const base64url = (value: string | Buffer) => Buffer.from(value).toString("base6
 export function mintToken(subject: string, grants: Grants, ttlSeconds: number): string {
   const secret = process.env.SSE_GATEWAY_AUTH_SECRET;
   if (!secret || secret.length < 32) {
-    throw new Error("set SSE_GATEWAY_AUTH_SECRET (32+ characters, the gateway's own) to mint tokens");
+    throw new Error("set SSE_GATEWAY_AUTH_SECRET (the gateway's, 32+ characters) to mint tokens");
   }
   const header = base64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
   const exp = Math.floor(Date.now() / 1000) + ttlSeconds;

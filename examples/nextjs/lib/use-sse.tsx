@@ -74,11 +74,10 @@ export function useSSE(channels: readonly string[], { keep = 200 } = {}): SSE {
       on,
     );
     stream.addEventListener("error", (e) => update(() => ({ error: e.detail })), on);
-    stream.addEventListener(
-      "state",
-      (e) => update(({ error }) => ({ state: e.detail, error: e.detail === "open" ? null : error })),
-      on,
-    );
+    // An open stream has nothing wrong with it: forget why it was reconnecting.
+    const stateOf = (state: StreamState, error: GatewayFailure | null) =>
+      ({ state, error: state === "open" ? null : error });
+    stream.addEventListener("state", (e) => update(({ error }) => stateOf(e.detail, error)), on);
     return () => {
       listening.abort(); // an unmounted component hears nothing more
       stream.close();
