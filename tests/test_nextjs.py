@@ -32,8 +32,14 @@ PUBLISHER = mint(publish=CHANNELS, ttl=3600)
 pytestmark = pytest.mark.timeout(420)  # npm ci and next build come first
 
 
+# Next.js reports usage unless told not to; this machine's network would refuse it.
+QUIET = {**os.environ, "NEXT_TELEMETRY_DISABLED": "1"}
+
+
 def _run(*command: str) -> None:
-    done = subprocess.run(command, cwd=EXAMPLE, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        command, cwd=EXAMPLE, env=QUIET, capture_output=True, text=True, timeout=400
+    )
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
@@ -58,11 +64,10 @@ class NextServer:
         self.url = f"http://127.0.0.1:{port}"
         self._command = command
         self._env = {
-            **os.environ,
+            **QUIET,
             "SSE_GATEWAY_URL": gateway_url,
             "SSE_GATEWAY_AUTH_SECRET": SECRET,
             "SSE_TOKEN_TTL_SECONDS": str(token_ttl),
-            "NEXT_TELEMETRY_DISABLED": "1",
         }
         self._process: subprocess.Popen[bytes] | None = None
 
