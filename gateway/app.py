@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,6 +35,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.hub import ChannelHub
+from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
 from gateway.publisher import Publisher
 from gateway.session import SessionTiming, event_stream
@@ -105,9 +107,25 @@ class _Gateway(Starlette):
 
 
 def create_app(
-    settings: Settings, store: EventLog, *, subscribe: bool = True, publish: bool = True
+    settings: Settings,
+    store: EventLog,
+    *,
+    subscribe: bool = True,
+    publish: bool = True,
+    metrics: Metrics | None = None,
+    metrics_route: bool = True,
 ) -> Starlette:
-    """The gateway app; a Lambda function mounts only the routes it has permissions for."""
+    """The gateway app; a Lambda function mounts only the routes it has permissions for.
+
+    ``metrics`` is what the app reports to, the recorder its store reports to too.
+    With ``SSE_GATEWAY_METRICS`` on it must record (``gateway.metrics.metrics_for``),
+    and ``GET /metrics`` serves it, unless ``metrics_route`` is off: a Lambda
+    function reports CloudWatch EMF lines instead (``handlers.emf``).
+    """
+    if metrics is None:
+        metrics = Metrics()
+    if settings.metrics and not isinstance(metrics, RecordedMetrics):
+        raise ValueError("SSE_GATEWAY_METRICS is on: pass the RecordedMetrics the store reports to")
     hub = ChannelHub(
         store,
         poll_min_seconds=settings.poll_min_seconds,
@@ -116,7 +134,8 @@ def create_app(
         buffer_bytes=settings.feed_buffer_bytes,
         max_feeds=settings.max_feeds,
     )
-    publisher = Publisher(store, settings, hub)
+    metrics.watch_feeds(lambda: len(hub.feeds))
+    publisher = Publisher(store, settings, hub, metrics)
     rng = random.Random()
     authenticator = Authenticator(settings) if settings.auth_enabled else None
     if authenticator is None:
@@ -203,6 +222,10 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def metrics_text(request: Request) -> Response:
+        assert isinstance(metrics, RecordedMetrics)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     async def demo(request: Request) -> Response:
         return HTMLResponse(files("gateway").joinpath("static/demo.html").read_text())
 
@@ -238,6 +261,8 @@ def create_app(
         routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))
     if settings.demo_page:
         routes.append(Route("/", demo, methods=["GET"]))
+    if settings.metrics and metrics_route:
+        routes.append(Route("/metrics", metrics_text, methods=["GET"]))
     middleware = []
     if settings.cors_allowed_origins:
         middleware.append(
@@ -284,4 +309,5 @@ def create_app(
             app.stream_app = entry.cls(app.stream_app, *entry.args, **entry.kwargs)
     app.state.hub = hub
     app.state.publisher = publisher
+    app.state.metrics = metrics
     return app

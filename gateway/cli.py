@@ -22,6 +22,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import SettingsError
+from gateway.metrics import metrics_for
 from gateway.redaction import RedactTokens
 from gateway.settings import Settings, load_settings
 from gateway.store import EventLog
@@ -72,8 +73,9 @@ async def serve(
     async with open_dynamodb(settings, session) as client:
         if create_table and await ensure_table(client, settings.table_name):
             logger.info("created table %s", settings.table_name)
-        store = EventLog.for_settings(client, settings)
-        app = create_app(settings, store)
+        metrics = metrics_for(settings)
+        store = EventLog.for_settings(client, settings, metrics=metrics)
+        app = create_app(settings, store, metrics=metrics)
         config = uvicorn.Config(
             app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
         )
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with dynamodb as endpoint:
         logger.info("DynamoDB at %s, table %s", endpoint, settings.table_name)
         settings = settings.model_copy(
-            update={"dynamodb_endpoint_url": endpoint, "demo_page": True}
+            update={"dynamodb_endpoint_url": endpoint, "demo_page": True, "metrics": True}
         )
         asyncio.run(
             serve(

@@ -8,6 +8,7 @@ The same validation as the HTTP API applies, so both paths write the same log.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from pydantic import JsonValue
 
 from gateway.dynamodb import open_dynamodb
 from gateway.items import NewEvent, StoredEvent
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import Appended, EventLog
 from gateway.validation import check_channel, check_idempotency_key, new_events
@@ -28,11 +30,16 @@ class AppendListener(Protocol):
 
 class Publisher:
     def __init__(
-        self, store: EventLog, settings: Settings, listener: AppendListener | None = None
+        self,
+        store: EventLog,
+        settings: Settings,
+        listener: AppendListener | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._listener = listener
+        self._metrics = metrics if metrics is not None else Metrics()
 
     async def publish(
         self,
@@ -76,9 +83,12 @@ class Publisher:
         self, channel: str, events: Sequence[NewEvent], *, idempotency_key: str | None = None
     ) -> Appended:
         """Append already validated events and wake this process's tail of the channel."""
+        started = time.monotonic()
         appended = await self._store.append(channel, events, idempotency_key=idempotency_key)
-        if self._listener is not None and not appended.replayed:
-            self._listener.appended(channel, appended.events)
+        if not appended.replayed:  # a repeat stored nothing
+            self._metrics.published(len(appended.events), time.monotonic() - started)
+            if self._listener is not None:
+                self._listener.appended(channel, appended.events)
         return appended
 
 

@@ -1,16 +1,25 @@
 """The one place that reads the environment.
 
 Every knob is an ``SSE_GATEWAY_*`` variable; ``load_settings`` turns pydantic's
-validation error into one that names the variable, so a typo in a deployment
-fails at start with a message the operator can act on.
+validation error into one that names the variable, and an ``SSE_GATEWAY_*``
+variable that is no setting stops the start too, naming the closest setting: a
+typo in a deployment fails at start with a message the operator can act on,
+rather than leaving a default silently in force.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from gateway.errors import SettingsError
 
@@ -18,6 +27,7 @@ ENV_PREFIX = "SSE_GATEWAY_"
 # Set by Lambda for a runtime, not by an operator: read under their own names.
 RUNTIME_API_VARIABLE = "AWS_LAMBDA_RUNTIME_API"
 MAX_CONCURRENCY_VARIABLE = "AWS_LAMBDA_MAX_CONCURRENCY"
+FUNCTION_NAME_VARIABLE = "AWS_LAMBDA_FUNCTION_NAME"
 
 # DynamoDB caps an item at 400 KB, and one publish is one item (all of its
 # events); the item also holds its key and bookkeeping attributes, so leave
@@ -26,46 +36,185 @@ MAX_ITEM_PAYLOAD_BYTES = 380_000
 MAX_BATCH_EVENTS = 100
 
 
+def variable_names(settings_cls: type[BaseSettings]) -> dict[str, str]:
+    """Each setting's variable, by field name: ``SSE_GATEWAY_<NAME>``, or the name it is
+    read under (an alias, for what Lambda sets)."""
+    return {
+        name: field.validation_alias
+        if isinstance(field.validation_alias, str)
+        else f"{ENV_PREFIX}{name.upper()}"
+        for name, field in settings_cls.model_fields.items()
+    }
+
+
+class _StrictEnvSource(EnvSettingsSource):
+    """The environment, refusing ``SSE_GATEWAY_*`` variables that are no setting:
+    pydantic-settings ignores them, so a misspelt one would leave its default in
+    force without a word."""
+
+    def __call__(self) -> dict[str, Any]:
+        fields = {variable: name for name, variable in variable_names(self.settings_cls).items()}
+        unknown = sorted(
+            variable.upper()
+            for variable in self.env_vars
+            if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in fields
+        )
+        problems = []
+        for variable in unknown:
+            # Among every setting's variable: SSE_GATEWAY_LAMBDA_RUNTIME_API is told
+            # that Lambda's own AWS_LAMBDA_RUNTIME_API is the one read.
+            (closest,) = difflib.get_close_matches(variable, fields, n=1, cutoff=0)
+            description = self.settings_cls.model_fields[fields[closest]].description
+            problems.append(f"{variable} is not a setting; the closest is {closest}: {description}")
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
+        return super().__call__()
+
+
 class Settings(BaseSettings):
+    """Every knob of the gateway. Each field is the variable ``SSE_GATEWAY_<NAME>``
+    (or, for what Lambda sets, its own name); README.md's settings table lists them
+    with their defaults, and a test keeps the two equal."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    table_name: str = Field("sse-gateway-events", min_length=3, max_length=255)
-    dynamodb_endpoint_url: str | None = None
-    dynamodb_region: str | None = None
-    dynamodb_max_attempts: int = Field(5, ge=1, le=20)
-    dynamodb_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    table_name: str = Field(
+        "sse-gateway-events", min_length=3, max_length=255, description="the DynamoDB table"
+    )
+    dynamodb_endpoint_url: str | None = Field(
+        None, description="another DynamoDB, such as moto or DynamoDB Local; unset: AWS"
+    )
+    dynamodb_region: str | None = Field(
+        None, description="region of the table; unset: from the AWS environment"
+    )
+    dynamodb_max_attempts: int = Field(
+        5, ge=1, le=20, description="attempts per DynamoDB request, with backoff and jitter"
+    )
+    dynamodb_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="connect and read timeout per DynamoDB attempt"
+    )
 
-    max_session_seconds: float = Field(600.0, gt=0, le=86_400)
-    heartbeat_seconds: float = Field(15.0, gt=0)
-    retry_ms: int = Field(1000, ge=0, le=3_600_000)
-    retention_seconds: int = Field(86_400, gt=0)
-    poll_min_seconds: float = Field(0.1, gt=0)
-    poll_max_seconds: float = Field(1.0, gt=0)
-    feed_buffer_events: int = Field(1000, ge=1)
-    feed_buffer_bytes: int = Field(8_388_608, ge=65_536)
-    max_feeds: int = Field(10_000, ge=1)
-    max_channels_per_connection: int = Field(16, ge=1, le=64)
-    idle_session_seconds: float | None = Field(None, gt=0)
-    idle_retry_ms: int = Field(60_000, ge=0, le=3_600_000)
-    session_jitter: float = Field(0.1, ge=0, lt=1)
+    max_session_seconds: float = Field(
+        600.0, gt=0, le=86_400, description="a session ends itself with retry: after this long"
+    )
+    heartbeat_seconds: float = Field(
+        15.0, gt=0, description="a comment line after this long without output"
+    )
+    retry_ms: int = Field(
+        1000, ge=0, le=3_600_000, description="the retry: sent when a session ends"
+    )
+    retention_seconds: int = Field(
+        86_400, gt=0, description="how long events and idempotency keys stay resumable"
+    )
+    poll_min_seconds: float = Field(0.1, gt=0, description="poll interval right after activity")
+    poll_max_seconds: float = Field(1.0, gt=0, description="poll interval when idle")
+    feed_buffer_events: int = Field(
+        1000, ge=1, description="recent events one channel feed keeps in memory"
+    )
+    feed_buffer_bytes: int = Field(
+        8_388_608, ge=65_536, description="bytes of recent events one channel feed keeps"
+    )
+    max_feeds: int = Field(
+        10_000,
+        ge=1,
+        description="channel feeds one process runs at most; a session beyond it ends with retry:",
+    )
+    max_channels_per_connection: int = Field(
+        16, ge=1, le=64, description="channels one /events connection may name"
+    )
+    idle_session_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="a session that delivered nothing for this long ends with retry: "
+        "IDLE_RETRY_MS; unset: off",
+    )
+    idle_retry_ms: int = Field(
+        60_000, ge=0, le=3_600_000, description="the retry: an idle session ends with"
+    )
+    session_jitter: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="sessions last a random length in [(1 - j) x max, max], so clients that "
+        "connected together do not reconnect together",
+    )
 
-    max_event_bytes: int = Field(65_536, ge=1, le=MAX_ITEM_PAYLOAD_BYTES)
-    max_batch_events: int = Field(25, ge=1, le=MAX_BATCH_EVENTS)
-    max_request_bytes: int = Field(1_048_576, ge=1, le=3_500_000)
+    max_event_bytes: int = Field(
+        65_536,
+        ge=1,
+        le=MAX_ITEM_PAYLOAD_BYTES,
+        description="largest event data, as JSON text",
+    )
+    max_batch_events: int = Field(
+        25, ge=1, le=MAX_BATCH_EVENTS, description="most events in one publish"
+    )
+    max_request_bytes: int = Field(
+        1_048_576, ge=1, le=3_500_000, description="largest publish request body"
+    )
 
-    auth_secret: SecretStr | None = None
-    auth_public_key: str | None = None
-    auth_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
-    auth_leeway_seconds: float = Field(10.0, ge=0, le=300)
-    auth_audience: str | None = Field(None, min_length=1)
-    auth_issuer: str | None = Field(None, min_length=1)
-    cors_allowed_origins: Annotated[list[str], NoDecode] = []
+    auth_secret: SecretStr | None = Field(
+        None, description="HS256 secret for JWT channel grants, 32+ characters; unset: auth off"
+    )
+    auth_public_key: str | None = Field(
+        None, description="PEM public key for RS256/ES256 tokens instead of the secret"
+    )
+    auth_algorithm: Literal["HS256", "RS256", "ES256"] = Field(
+        "HS256", description="the one accepted token algorithm"
+    )
+    auth_leeway_seconds: float = Field(
+        10.0, ge=0, le=300, description="clock skew allowed on exp and nbf"
+    )
+    auth_audience: str | None = Field(
+        None, min_length=1, description="when set, a token must carry this aud"
+    )
+    auth_issuer: str | None = Field(
+        None, min_length=1, description="when set, a token must carry this iss"
+    )
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="comma-separated origins for the app's CORS middleware; unset: CORS off"
+    )
 
-    demo_page: bool = False
-    lambda_deadline_margin_seconds: float = Field(3.0, ge=0, le=60)
-    lambda_runtime_api: str | None = Field(None, validation_alias=RUNTIME_API_VARIABLE)
-    # Lambda Managed Instances: invocations one execution environment serves at once.
-    lambda_max_concurrency: int = Field(1, ge=1, le=1600, validation_alias=MAX_CONCURRENCY_VARIABLE)
+    demo_page: bool = Field(False, description="serve the demo page at /")
+    metrics: bool = Field(
+        False,
+        description="report metrics: GET /metrics for Prometheus in a container, "
+        "CloudWatch EMF lines on Lambda",
+    )
+    lambda_deadline_margin_seconds: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="on Lambda, end a session or answer a publish this long before the deadline",
+    )
+    lambda_runtime_api: str | None = Field(
+        None,
+        validation_alias=RUNTIME_API_VARIABLE,
+        description="set by Lambda: the Runtime API the subscribe function's loop serves",
+    )
+    lambda_max_concurrency: int = Field(
+        1,
+        ge=1,
+        le=1600,
+        validation_alias=MAX_CONCURRENCY_VARIABLE,
+        description="set by Lambda Managed Instances: invocations one execution environment "
+        "serves at once",
+    )
+    lambda_function_name: str | None = Field(
+        None,
+        validation_alias=FUNCTION_NAME_VARIABLE,
+        description="set by Lambda: the function, a dimension of its CloudWatch metrics",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _StrictEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     @field_validator("cors_allowed_origins", mode="before")
     @classmethod

@@ -53,6 +53,7 @@ from gateway.items import (
     request_digest,
     stored_events,
 )
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ _UNAVAILABLE_CODES = frozenset(
         "TransactionConflictException",
         "TransactionCanceledException",
     }
+)
+# Of those, the ones that say the table needs more capacity.
+_THROTTLING_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 )
 _MISCONFIGURED_CODES = frozenset(
     {"ResourceNotFoundException", "AccessDeniedException", "UnrecognizedClientException"}
@@ -115,22 +120,28 @@ class _WriterState:
 
 
 @contextmanager
-def _translated(table_name: str) -> Iterator[None]:
+def _translated(table_name: str, metrics: Metrics, operation: str) -> Iterator[None]:
+    """One DynamoDB call: counted, and its failure counted by kind and translated."""
+    metrics.store_request(operation)
     try:
         yield
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _UNAVAILABLE_CODES:
+            metrics.store_error("throttled" if code in _THROTTLING_CODES else "unavailable")
             raise StoreUnavailable(
                 f"DynamoDB is throttling or unavailable ({code}) after retries; try again shortly"
             ) from exc
         if code in _MISCONFIGURED_CODES:
+            metrics.store_error("misconfigured")
             raise StoreMisconfigured(
                 f"DynamoDB table {table_name!r} is missing or not accessible ({code}); "
                 "check SSE_GATEWAY_TABLE_NAME and the function's permissions"
             ) from exc
+        metrics.store_error("rejected")
         raise GatewayError(f"DynamoDB rejected the request ({code}): {exc}") from exc
     except BotoCoreError as exc:
+        metrics.store_error("unavailable")
         raise StoreUnavailable(f"DynamoDB could not be reached ({exc}); try again shortly") from exc
 
 
@@ -151,6 +162,7 @@ class EventLog:
         retention_seconds: int,
         write_window_seconds: float,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._table = table_name
@@ -159,10 +171,15 @@ class EventLog:
         self._clock = clock
         self._writers: dict[str, _WriterState] = {}
         self.stats = StoreStats()
+        self._metrics = metrics if metrics is not None else Metrics()
 
     @classmethod
     def for_settings(
-        cls, client: DynamoDBClient, settings: Settings, clock: Callable[[], float] = time.time
+        cls,
+        client: DynamoDBClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> EventLog:
         return cls(
             client,
@@ -170,6 +187,7 @@ class EventLog:
             retention_seconds=settings.retention_seconds,
             write_window_seconds=settings.write_window_seconds,
             clock=clock,
+            metrics=metrics,
         )
 
     async def last_batch(self, channel: str) -> Batch | None:
@@ -303,7 +321,7 @@ class EventLog:
             names["#s"] = SORT_KEY
             values[":s"] = {"N": str(seq)}
         self.stats.queries += 1
-        with _translated(self._table):
+        with _translated(self._table, self._metrics, "query"):
             response = await self._client.query(
                 TableName=self._table,
                 KeyConditionExpression=condition,
@@ -320,7 +338,7 @@ class EventLog:
         or None when the slot holds ``item`` (written now, or by an earlier attempt
         whose response was lost)."""
         self.stats.writes += 1
-        with _translated(self._table):
+        with _translated(self._table, self._metrics, "put"):
             try:
                 await self._client.put_item(
                     TableName=self._table,
@@ -362,7 +380,7 @@ class EventLog:
             "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
-        with _translated(self._table):
+        with _translated(self._table, self._metrics, "transact_write"):
             try:
                 await self._client.transact_write_items(TransactItems=[{"Put": slot}, {"Put": key}])
             except ClientError as exc:

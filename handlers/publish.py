@@ -14,6 +14,7 @@ Lambda would cut the invocation off with an error of its own.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -23,8 +24,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import DEADLINE_EXTENSION, create_app
 from gateway.dynamodb import open_dynamodb
+from gateway.metrics import metrics_for
 from gateway.settings import load_settings
 from gateway.store import EventLog
+from handlers.emf import EmfReporter
 
 
 class InvocationDeadline:
@@ -47,6 +50,7 @@ class InvocationDeadline:
 class PublishFunction:
     def __init__(self) -> None:
         self._adapter: Mangum | None = None
+        self._reporter: EmfReporter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resources = AsyncExitStack()
 
@@ -57,8 +61,10 @@ class PublishFunction:
         client = self._loop.run_until_complete(
             self._resources.enter_async_context(open_dynamodb(settings))
         )
-        store = EventLog.for_settings(client, settings)
-        app = create_app(settings, store, subscribe=False)
+        metrics = metrics_for(settings)
+        self._reporter = EmfReporter(metrics, sys.stdout, function=settings.lambda_function_name)
+        store = EventLog.for_settings(client, settings, metrics=metrics)
+        app = create_app(settings, store, subscribe=False, metrics=metrics, metrics_route=False)
         return Mangum(
             InvocationDeadline(app, settings.lambda_deadline_margin_seconds),
             lifespan="off",
@@ -67,7 +73,11 @@ class PublishFunction:
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         if self._adapter is None:
             self._adapter = self._build()
-        return self._adapter(event, context)
+        try:
+            return self._adapter(event, context)
+        finally:
+            if self._reporter is not None:
+                self._reporter.flush()  # the environment may be frozen once this returns
 
     def close(self) -> None:
         """Release the client (execution environments end without this; tests call it)."""

@@ -35,9 +35,11 @@ from typing import Any, NoReturn
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import SettingsError
+from gateway.metrics import metrics_for
 from gateway.redaction import redact_target
 from gateway.settings import RUNTIME_API_VARIABLE, load_settings, runtime_api_address
 from gateway.store import EventLog
+from handlers.emf import EmfReporter
 from handlers.function_url import InvalidEvent, prelude, to_asgi
 from handlers.logs import log_json_lines, request_id
 from handlers.runtime_api import Invocation, ResponseStream, RuntimeAPI, RuntimeAPIError
@@ -146,7 +148,9 @@ async def handle_invocation(
     logger.info("%s %d", target, asgi.status)
 
 
-async def _worker(runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float) -> NoReturn:
+async def _worker(
+    runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float, finished: Callable[[], None]
+) -> NoReturn:
     retry_in = NEXT_RETRY_SECONDS
     while True:
         try:
@@ -163,16 +167,26 @@ async def _worker(runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float) -> N
         except Exception:
             logger.exception("the invocation's outcome could not be sent to the Runtime API")
         finally:
+            finished()  # before /next, which may freeze the environment for good
             request_id.reset(token)
 
 
 async def serve_invocations(
-    runtime: RuntimeAPI, app: ASGIApp, margin_seconds: float, workers: int = 1
+    runtime: RuntimeAPI,
+    app: ASGIApp,
+    margin_seconds: float,
+    workers: int = 1,
+    reporter: EmfReporter | None = None,
 ) -> None:
-    """Serve invocations forever, ``workers`` at a time, all on the one ``app``."""
+    """Serve invocations forever, ``workers`` at a time, all on the one ``app``; the
+    ``reporter`` flushes the metrics after each invocation and every minute."""
+    finished = reporter.flush if reporter is not None else lambda: None
     async with asyncio.TaskGroup() as group:
+        if reporter is not None:
+            group.create_task(reporter.run(), name="metrics")
         for number in range(workers):
-            group.create_task(_worker(runtime, app, margin_seconds), name=f"worker-{number}")
+            worker = _worker(runtime, app, margin_seconds, finished)
+            group.create_task(worker, name=f"worker-{number}")
 
 
 async def _fail_start(address: str | None, exc: Exception, error_type: str) -> NoReturn:
@@ -198,13 +212,19 @@ async def run(runtime_api: str | None) -> None:
         try:
             runtime = RuntimeAPI(address)
             client = await stack.enter_async_context(open_dynamodb(settings))
-            store = EventLog.for_settings(client, settings)
-            app = create_app(settings, store, publish=False)
+            metrics = metrics_for(settings)
+            store = EventLog.for_settings(client, settings, metrics=metrics)
+            app = create_app(settings, store, publish=False, metrics=metrics, metrics_route=False)
+            reporter = EmfReporter(metrics, sys.stdout, function=settings.lambda_function_name)
         except Exception as exc:
             await _fail_start(address, exc, "Runtime.InitError")
         logger.info("serving %d invocation(s) at a time", settings.lambda_max_concurrency)
         await serve_invocations(
-            runtime, app, settings.lambda_deadline_margin_seconds, settings.lambda_max_concurrency
+            runtime,
+            app,
+            settings.lambda_deadline_margin_seconds,
+            settings.lambda_max_concurrency,
+            reporter,
         )
 
 

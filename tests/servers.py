@@ -23,6 +23,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
+from gateway.metrics import metrics_for
 from gateway.settings import Settings
 from gateway.store import EventLog
 from infra.local import local_session
@@ -80,8 +81,9 @@ class GatewayServer:
         self._loop = asyncio.get_running_loop()
         async with open_dynamodb(self.settings, local_session()) as client:
             await ensure_table(client, self.settings.table_name)
-            self.store = EventLog.for_settings(client, self.settings)
-            self.app = create_app(self.settings, self.store)
+            metrics = metrics_for(self.settings)
+            self.store = EventLog.for_settings(client, self.settings, metrics=metrics)
+            self.app = create_app(self.settings, self.store, metrics=metrics)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

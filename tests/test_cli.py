@@ -58,6 +58,8 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
         events = [event for chunk in response.iter_raw() for event in parser.feed(chunk)]
     assert [(e.data, e.last_event_id) for e in events] == [('{"hello":"world"}', event_id)]
     assert parser.retry == 10  # the session ended itself after 1 s
+    metrics = httpx.get(f"{url}/metrics")  # dev turns metrics on
+    assert "sse_gateway_events_published_total 1.0" in metrics.text.splitlines()
 
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=15)
@@ -69,8 +71,22 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert "auth is off" in output
 
 
-def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
-    env = {**os.environ, "SSE_GATEWAY_HEARTBEAT_SECONDS": "-3"}
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SSE_GATEWAY_HEARTBEAT_SECONDS", "-3", "SSE_GATEWAY_HEARTBEAT_SECONDS"),
+        (
+            "SSE_GATEWAY_HEARTBEAT_SECOND",
+            "5",
+            "SSE_GATEWAY_HEARTBEAT_SECOND is not a setting; the closest is "
+            "SSE_GATEWAY_HEARTBEAT_SECONDS",
+        ),
+    ],
+)
+def test_invalid_setting_fails_at_start_naming_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    env = {**os.environ, variable: value}
     result = subprocess.run(
         sse_gateway_command("dev", "--port", str(free_port())),
         env=env,
@@ -79,4 +95,4 @@ def test_invalid_setting_fails_at_start_naming_the_variable() -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "SSE_GATEWAY_HEARTBEAT_SECONDS" in result.stderr
+    assert message in result.stderr

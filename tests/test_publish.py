@@ -14,6 +14,7 @@ from gateway.settings import Settings
 from handlers.publish import PublishFunction
 from infra.local import local_session
 from infra.table import ensure_table
+from tests.cloudwatch import datapoints, only, total
 from tests.lambda_events import LambdaContext, load_event
 from tests.servers import FaultProxy
 
@@ -113,3 +114,31 @@ def test_publish_function_answers_503_before_its_deadline_when_dynamodb_hangs(
     error = json.loads(response["body"])["error"]
     assert error["code"] == "store_unavailable"
     assert "Idempotency-Key" in error["message"]
+
+
+def test_publish_function_reports_each_invocations_metrics_as_emf_lines(
+    publish_function: Callable[..., PublishFunction], capsys: pytest.CaptureFixture[str]
+) -> None:
+    function = publish_function(
+        SSE_GATEWAY_METRICS="true", AWS_LAMBDA_FUNCTION_NAME="sse-gateway-publish"
+    )
+    named = {"function": "sse-gateway-publish"}
+    assert function(load_event("publish_single"), None)["statusCode"] == 201
+    # Flushed before the invocation returned: the environment may never run again.
+    first = datapoints(capsys.readouterr().out.splitlines())
+    assert total(first, "sse_gateway_events_published_total", **named) == 1
+    assert total(first, "sse_gateway_store_requests_total", **named, operation="query") == 1
+    assert total(first, "sse_gateway_store_requests_total", **named, operation="put") == 1
+    assert only(first, "sse_gateway_publish_seconds", **named).count == 1
+
+    assert function(load_event("publish_batch_base64"), None)["statusCode"] == 201
+    second = datapoints(capsys.readouterr().out.splitlines())
+    # What this invocation did, not the function's totals: the end was cached.
+    assert total(second, "sse_gateway_events_published_total", **named) == 2
+    assert total(second, "sse_gateway_store_requests_total", **named, operation="query") == 0
+    assert total(second, "sse_gateway_store_requests_total", **named, operation="put") == 1
+    # Nothing of subscriptions in the publish function, not even zeros.
+    assert not {p.name for p in first + second} & {"sse_gateway_open_sessions", "sse_gateway_feeds"}
+
+    assert function(load_event("publish_invalid_channel"), None)["statusCode"] == 400
+    assert capsys.readouterr().out == ""  # nothing happened, nothing to say

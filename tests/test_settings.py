@@ -1,7 +1,13 @@
+import re
+from pathlib import Path
+
 import pytest
+from pydantic import TypeAdapter
 
 from gateway.errors import SettingsError
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, load_settings, variable_names
+
+README = Path(__file__).parent.parent / "README.md"
 
 
 def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,3 +105,65 @@ def test_retention_must_outlast_the_longest_write(monkeypatch: pytest.MonkeyPatc
         assert f"SSE_GATEWAY_{variable}" in raised.value.message
     monkeypatch.setenv("SSE_GATEWAY_DYNAMODB_MAX_ATTEMPTS", "2")
     assert load_settings().retention_seconds == 60  # 2 x 10 s + 1 s of backoff fits
+
+
+@pytest.mark.parametrize(
+    ("variable", "closest"),
+    [
+        ("SSE_GATEWAY_HEARTBEAT_SECOND", "SSE_GATEWAY_HEARTBEAT_SECONDS"),
+        ("sse_gateway_retry", "SSE_GATEWAY_RETRY_MS"),
+        # Read under Lambda's own name, so the prefixed one would be ignored.
+        ("SSE_GATEWAY_LAMBDA_RUNTIME_API", "AWS_LAMBDA_RUNTIME_API"),
+    ],
+)
+def test_an_unknown_variable_stops_the_start_naming_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, variable: str, closest: str
+) -> None:
+    monkeypatch.setenv(variable, "5")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert (
+        f"{variable.upper()} is not a setting; the closest is {closest}: " in raised.value.message
+    )
+    with pytest.raises(SettingsError):
+        Settings()  # not only through load_settings
+
+
+def test_every_settings_own_variable_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, variable in variable_names(Settings).items():
+        default = Settings.model_fields[name].default
+        if default is not None:
+            monkeypatch.setenv(variable, _as_variable(default))
+    assert load_settings() == Settings()
+
+
+def test_every_setting_says_what_it_is() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description and len(field.description) > 10, name
+
+
+def test_the_readme_settings_table_lists_every_setting_with_its_default() -> None:
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", README.read_text(), re.MULTILINE)
+    table = dict(rows)
+    assert len(table) == len(rows), "a variable is listed twice"
+    variables = variable_names(Settings)
+    assert set(table) == set(variables.values()), set(table) ^ set(variables.values())
+    for name, variable in variables.items():
+        field = Settings.model_fields[name]
+        # The first `literal` of the default column, parsed as the setting parses it;
+        # a setting that is unset (None, no origins) by default shows no literal.
+        literal = re.search(r"`([^`]*)`", table[variable])
+        if field.default in (None, []):
+            assert literal is None, variable
+        else:
+            assert literal is not None, variable
+            value = TypeAdapter(field.annotation).validate_python(literal[1])
+            assert value == field.default, variable
+
+
+def _as_variable(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)

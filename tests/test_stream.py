@@ -20,6 +20,7 @@ import pytest
 from gateway.items import NewEvent
 from gateway.settings import Settings
 from gateway.store import EventLog
+from tests.cloudwatch import datapoints, total
 from tests.eventstream import EventStreamParser, MessageEvent
 from tests.lambda_events import load_event
 from tests.lambda_runtime import DROP, Outcome, RuntimeAPIEmulator
@@ -33,6 +34,7 @@ SECRET = "a-test-secret-that-is-long-enough-0123456789"
 class RuntimeProcess:
     process: asyncio.subprocess.Process
     lines: list[str] = field(default_factory=list)  # complete once the process has ended
+    stdout: list[str] = field(default_factory=list)  # its metrics (EMF), likewise
 
     def logs(self) -> list[dict[str, Any]]:
         """Every line the runtime wrote, each of which must be a JSON object."""
@@ -70,10 +72,17 @@ def runtime(make_settings: Callable[..., Settings]) -> Runtime:
                 emulator.fail_next(status)
             command = ["-m", "handlers.stream"] if code is None else ["-c", code]
             process = await asyncio.create_subprocess_exec(
-                sys.executable, *command, env=environment, stderr=asyncio.subprocess.PIPE
+                sys.executable,
+                *command,
+                env=environment,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             runtime = RuntimeProcess(process)
-            collect = asyncio.create_task(_collect_lines(process, runtime.lines))
+            collect = asyncio.gather(
+                _collect_lines(process.stderr, runtime.lines),
+                _collect_lines(process.stdout, runtime.stdout),
+            )
             try:
                 if warm:  # a first invocation, so later ones do not wait for imports
                     ready = await asyncio.wait_for(emulator.invoke(load_event("healthz"), 10), 30)
@@ -89,9 +98,9 @@ def runtime(make_settings: Callable[..., Settings]) -> Runtime:
     return start
 
 
-async def _collect_lines(process: asyncio.subprocess.Process, lines: list[str]) -> None:
-    assert process.stderr is not None
-    async for line in process.stderr:
+async def _collect_lines(stream: asyncio.StreamReader | None, lines: list[str]) -> None:
+    assert stream is not None
+    async for line in stream:
         lines.append(line.decode().rstrip("\n"))
 
 
@@ -246,6 +255,14 @@ async def test_stream_reports_invalid_settings_to_init_error(runtime: Runtime) -
     assert "SSE_GATEWAY_RETRY_MS" in error["errorMessage"]
 
 
+async def test_stream_reports_an_unknown_variable_to_init_error(runtime: Runtime) -> None:
+    async with runtime(warm=False, SSE_GATEWAY_HEARTBEAT_SECOND="5") as (emulator, _):
+        headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
+    assert headers["lambda-runtime-function-error-type"] == "Runtime.ConfigurationError"
+    assert "SSE_GATEWAY_HEARTBEAT_SECOND is not a setting; the closest is " in error["errorMessage"]
+    assert "SSE_GATEWAY_HEARTBEAT_SECONDS" in error["errorMessage"]
+
+
 async def test_stream_names_an_invalid_max_concurrency_in_its_init_error(runtime: Runtime) -> None:
     async with runtime(warm=False, AWS_LAMBDA_MAX_CONCURRENCY="0") as (emulator, _):
         headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
@@ -384,3 +401,27 @@ async def test_stream_logs_json_lines_with_each_invocations_request_id(runtime: 
         assert line["requestId"] == request_ids[line["message"].split()[1]]
     served = {line["message"]: line["requestId"] for line in rp.logs() if "204" in line["message"]}
     assert served == {"GET /a 204": a.request_id, "GET /b 204": b.request_id}
+
+
+async def test_stream_reports_metrics_as_emf_lines_after_each_invocation(
+    runtime: Runtime, open_log: OpenLog
+) -> None:
+    metrics_on = {"SSE_GATEWAY_METRICS": "true", "AWS_LAMBDA_FUNCTION_NAME": "subscribe-fn"}
+    async with open_log() as log, runtime(**metrics_on) as (emulator, runtime_process):
+        pending = emulator.invoke(load_event("subscribe"), timeout_seconds=3.0)
+        await asyncio.sleep(0.7)
+        await log.append("orders:42", [NewEvent("1"), NewEvent("2")])
+        session = await asyncio.wait_for(pending, 20)
+        # The next invocation is handed out only after the flush that followed this one.
+        await asyncio.wait_for(emulator.invoke(load_event("healthz"), 5), 20)
+    assert len(_events(session)[0]) == 2
+    # Complete now that the process has ended; never mixed with the log lines.
+    points = datapoints(runtime_process.stdout)
+    assert points and not [line for line in runtime_process.lines if '"_aws"' in line]
+    named = {"function": "subscribe-fn"}
+    assert {p.namespace for p in points} == {"sse-gateway"}
+    assert total(points, "sse_gateway_store_requests_total", **named, operation="query") >= 2
+    assert total(points, "sse_gateway_store_requests_total", **named, operation="put") == 0
+    # Needs the session wiring (gateway/session.py):
+    assert total(points, "sse_gateway_events_delivered_total", **named) == 2
+    assert total(points, "sse_gateway_sessions_total", **named, end="deadline") == 1

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.settings import ENV_PREFIX, Settings
+from gateway.settings import ENV_PREFIX, Settings, variable_names
 from infra.table import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, TTL_ATTRIBUTE
 
 ROOT = Path(__file__).parent.parent
@@ -126,6 +126,56 @@ def test_template_configures_cors_in_one_place(template: dict[str, Any]) -> None
         groups.append(function.get("Environment", {}).get("Variables", {}))
     # The app's own CORS middleware stays off behind the function URLs.
     assert all(f"{ENV_PREFIX}CORS_ALLOWED_ORIGINS" not in group for group in groups)
+
+
+def _parameter_of(expression: Any, template: dict[str, Any]) -> str | None:
+    """The parameter an environment variable's value comes from, if one does."""
+    if isinstance(expression, dict) and "Ref" in expression:
+        name = expression["Ref"]
+        return name if name in template["Parameters"] else None
+    if isinstance(expression, dict) and "If" in expression:
+        _, *branches = expression["If"]
+        found = [_parameter_of(branch, template) for branch in branches]
+        return next((name for name in found if name), None)
+    return None
+
+
+def test_template_parameters_hold_only_values_the_settings_accept(
+    template: dict[str, Any],
+) -> None:
+    fields = {variable: name for name, variable in variable_names(Settings).items()}
+    groups = [template["Globals"]["Function"]["Environment"]["Variables"]]
+    groups += [_function(template, name)["Environment"]["Variables"] for name in FUNCTIONS[:2]]
+    passed = {
+        variable: parameter
+        for group in groups
+        for variable, expression in group.items()
+        if variable.startswith(ENV_PREFIX) and (parameter := _parameter_of(expression, template))
+    }
+    assert {"SSE_GATEWAY_IDLE_SESSION_SECONDS", "SSE_GATEWAY_METRICS"} <= passed.keys()
+    for variable, parameter in passed.items():
+        spec = template["Parameters"][parameter]
+        field = Settings.model_fields[fields[variable]]
+        values = [spec.get(key) for key in ("Default", "MinValue", "MaxValue")]
+        for value in [*values, *spec.get("AllowedValues", [])]:
+            if value not in (None, ""):
+                # As the function reads it, from a string: refused at start otherwise.
+                Settings(**{fields[variable]: str(value)})
+        # A bounded setting needs a bounded parameter, or a deployment could pass
+        # CloudFormation with a value the function then refuses at every start.
+        bounds = {type(constraint).__name__ for constraint in field.metadata}
+        if spec["Type"] == "Number":
+            assert "MinValue" in spec or not bounds & {"Ge", "Gt"}, parameter
+            assert "MaxValue" in spec or not bounds & {"Le", "Lt"}, parameter
+
+
+def test_template_turns_idle_release_on_only_when_set(template: dict[str, Any]) -> None:
+    for name in ("SubscribeFunction", "ManagedSubscribeFunction"):
+        variables = _function(template, name)["Environment"]["Variables"]
+        expression = variables[f"{ENV_PREFIX}IDLE_SESSION_SECONDS"]
+        assert _evaluate(expression, _parameters(template), template) == {"Ref": "AWS::NoValue"}
+        on = _parameters(template, IdleSessionSeconds="30")
+        assert _evaluate(expression, on, template) == "30"
 
 
 def _evaluate(node: Any, parameters: dict[str, Any], template: dict[str, Any]) -> Any:
