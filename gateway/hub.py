@@ -72,7 +72,6 @@ class ChannelFeed:
         self._observed_after: dict[str, Position] = {}
         self._position_proven = start is not None and not store.has_expired(start.expires_at)
         self._aligned = True  # _scanned_to ends an item
-        self._past_epochs: set[str] = set()
         self._head_checked_at = time.monotonic() if start is not None else -math.inf
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -103,12 +102,13 @@ class ChannelFeed:
 
     def serves(self, head: LogEnd | None) -> bool:
         """Whether a session that found ``head`` can follow this feed: its log has not
-        started over below the feed's position. A head behind the feed in an epoch
-        the feed has been in was read before the feed's latest poll: not a restart."""
+        started over below the feed's position. A head behind the feed in its own
+        epoch counts as a restart too: TTL may have deleted the newest items, whose
+        events the buffer must not hand out again."""
         if head is None:
             return self._scanned_to == 0
-        if head.epoch == self.epoch or head.epoch in self._past_epochs:
-            return True
+        if head.epoch == self.epoch:
+            return head.last >= self._scanned_to
         return head.since > self._scanned_to
 
     @property
@@ -215,8 +215,6 @@ class ChannelFeed:
                     raise LogRestarted(f"channel {self.channel!r} started its log over")
                 if self.epoch is not None and proven and event.since == prior + 1:
                     self._observed_after[event.epoch] = Position(self.epoch, prior)
-                if self.epoch is not None:
-                    self._past_epochs.add(self.epoch)
                 self.epoch = event.epoch
             prior, proven = event.seq, True
         if page.scanned_to >= self._scanned_to:

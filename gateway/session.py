@@ -299,7 +299,9 @@ async def tail(
                 reader.scanned_to, reader.aligned = page.scanned_to, True
             elif events:
                 progressed = True
-                reader.scanned_to = events[-1].seq
+                # A feed's events may end inside an item (handed over by a member
+                # of a group commit): a later read of the log looks back for it.
+                reader.scanned_to, reader.aligned = events[-1].seq, False
             if events:
                 deliveries = reader.deliveries(events, f.feed)
                 report(metrics, deliveries)

@@ -320,7 +320,13 @@ def _check(
         delivered += len(messages)
         ids = [r.event_id for _, r in messages]
         if len(ids) != len(set(ids)):
-            problems.append(f"{subscriber.name} got an event twice")
+            twice = next(i for i in ids if ids.count(i) > 1)
+            at = [n for n, r in enumerate(stream) if r.event_id == twice]
+            window = [
+                (r.type, r.event_id, r.data if r.type == "reset" else "")
+                for r in stream[max(0, at[0] - 3) : at[-1] + 2]
+            ]
+            problems.append(f"{subscriber.name} got {twice} twice: {window}")
         latest_sent = 0.0
         for _, r in messages:
             if stored.events.get(r.event_id, (r.data,))[0] != r.data:
