@@ -4,7 +4,6 @@ a real ``sse-gateway dev`` process. What the page saw is read from ``window.sseL
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 from PIL import Image, ImageChops
 from playwright.async_api import BrowserContext
 
+from tests.browser_client import SECRET, mint
 from tests.eventstream import seq_of
 from tests.servers import GatewayProcess
 
@@ -20,45 +20,50 @@ StartProcess = Callable[..., GatewayProcess]
 
 
 async def _publish_paced(
-    client: httpx.AsyncClient, url: str, publisher: int, count: int, pause: float
-) -> dict[str, Any]:
-    published: dict[str, Any] = {}
+    client: httpx.AsyncClient, base_url: str, channel: str, publisher: int, count: int
+) -> list[dict[str, Any]]:
+    """``count`` events, every third of a type of its own: the page must show them all,
+    as the envelopes it received."""
+    published = []
     for n in range(count):
         value = {"publisher": publisher, "n": n}
-        response = await client.post(url, json={"data": value})
+        event = f"type-{publisher}" if n % 3 == 0 else None
+        body = {"event": event, "data": value}
+        response = await client.post(f"{base_url}/channels/{channel}/events", json=body)
         assert response.status_code == 201, response.text
         (event_id,) = response.json()["ids"]
-        published[event_id] = value
-        await asyncio.sleep(pause)
+        published.append({"channel": channel, "event": event, "id": event_id, "data": value})
+        await asyncio.sleep(0.2)
     return published
 
 
-async def test_demo_page_sees_every_event_once_in_order_across_reconnects(
+async def test_demo_page_sees_every_event_of_every_channel_once_in_order_across_reconnects(
     gateway_process: StartProcess, browser: BrowserContext
 ) -> None:
     server = gateway_process(max_session_seconds=2, retry_ms=200)
+    channels = ["browser-e2e", "orders:42"]
     page = await browser.new_page()
-    await page.goto(f"{server.url}/?channel=browser-e2e")
+    await page.goto(f"{server.url}/?channel={channels[0]}&channel={channels[1]}")
     await page.wait_for_function("window.sseLog.opens >= 1")
 
-    url = f"{server.url}/channels/browser-e2e/events"
+    publishers = [channels[p % 2] for p in range(4)]  # two publishers per channel
     async with httpx.AsyncClient(timeout=10) as client:
         batches = await asyncio.gather(
-            *(_publish_paced(client, url, publisher, 75, 0.2) for publisher in range(4))
+            *(
+                _publish_paced(client, server.url, channel, p, 75)
+                for p, channel in enumerate(publishers)
+            )
         )
-    published = {event_id: value for batch in batches for event_id, value in batch.items()}
-    assert len(published) == 300
-
     await page.wait_for_function("window.sseLog.events.length >= 300", timeout=30_000, polling=100)
     await asyncio.sleep(2.5)  # one more session: a late duplicate would show up by now
     log = await page.evaluate("window.sseLog")
 
-    expected = sorted(published, key=seq_of)
-    assert [event["id"] for event in log["events"]] == expected
-    assert all(event["type"] == "message" for event in log["events"])
-    assert [json.loads(event["data"]) for event in log["events"]] == [
-        published[event_id] for event_id in expected
-    ]
+    for channel in channels:
+        published = [e for batch in batches for e in batch if e["channel"] == channel]
+        shown = [e for e in log["events"] if e["channel"] == channel]
+        assert shown == sorted(published, key=lambda e: seq_of(e["id"]))
+    assert len(log["events"]) == 300
+    assert log["resets"] == [] and log["errors"] == []
     assert log["opens"] >= 6  # the first connection and at least five reconnects
 
 
@@ -82,7 +87,7 @@ async def test_demo_page_publishes_through_its_form_and_shows_the_event(
     assert result.startswith("published ")
     event_id = result.removeprefix("published ")
     cells = await item.locator("span").all_inner_texts()
-    assert cells == [event_id, "greeting", '{"text":"hello from the form"}']
+    assert cells == ["form-demo", event_id, "greeting", '{"text":"hello from the form"}']
     after = tmp_path / "after.png"
     await page.screenshot(path=str(after))
 
@@ -96,3 +101,30 @@ async def test_demo_page_publishes_through_its_form_and_shows_the_event(
     assert ImageChops.difference(shown, previously).getbbox() is not None
     darkest, _ = shown.getextrema()
     assert darkest < 100
+
+
+async def test_demo_page_with_auth_says_why_it_closed_then_subscribes_with_a_token(
+    gateway_process: StartProcess, browser: BrowserContext
+) -> None:
+    server = gateway_process(auth_secret=SECRET)
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/?channel=orders:7&channel=user:7")
+    status = "document.getElementById('status').textContent"
+    await page.wait_for_function(f"{status}.startsWith('closed: ')")
+    assert (await page.evaluate(status)).startswith("closed: a token is required")
+
+    await page.fill("#token", mint(subscribe=["orders:*"], publish=["orders:*"]))
+    await page.click("#subscribe button")
+    await page.wait_for_function(f"{status}.includes('grant')")
+    assert await page.evaluate(status) == (
+        "closed: the token does not grant subscribe on channel 'user:7'"
+    )
+
+    await page.fill("#channels", "orders:7 orders:8")
+    await page.click("#subscribe button")
+    await page.wait_for_function("window.sseLog.opens >= 1")
+    await page.fill("#channel", "orders:8")
+    await page.click("#publish button")
+    item = page.locator("#events li").first
+    await item.wait_for(state="visible")
+    assert (await item.locator("span").all_inner_texts())[0] == "orders:8"

@@ -45,7 +45,7 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     process, url = dev_server
     page = httpx.get(f"{url}/")
     assert page.status_code == 200
-    assert "new EventSource" in page.text
+    assert "/sse-gateway.js" in page.text  # the page runs the browser client
     published = httpx.post(
         f"{url}/channels/demo/events?token=s3cret-token", json={"data": {"hello": "world"}}
     )
