@@ -40,6 +40,7 @@ export class GatewayStream extends EventTarget {
   #attempt = 0;
   #currentToken = null;
   #tokenUntried = false; // the token came from token() and no connection opened with it yet
+  #freshRefused = 0; // tokens fresh from token() refused in a row
   #needsToken = true;
   #probing = false; // the current connection sent PROBE and has had no message yet
 
@@ -123,6 +124,7 @@ export class GatewayStream extends EventTarget {
       if (source !== this.#source) return;
       this.#attempt = 0;
       this.#tokenUntried = false;
+      this.#freshRefused = 0;
       this.#setState("open");
     };
     source.onmessage = (e) => this.#frame(source, e, "message");
@@ -179,11 +181,14 @@ export class GatewayStream extends EventTarget {
     if (this.#closed) return;
     const { status } = failure;
     const refreshable = typeof this.#token === "function";
-    if (status === 401 && refreshable && !this.#tokenUntried) {
+    if (status === 401 && refreshable && this.#tokenUntried) this.#freshRefused += 1;
+    // One fresh token refused may have lapsed on its way (a token of a few seconds, a
+    // slow page); two in a row are refused for a reason a third would share.
+    if (status === 401 && refreshable && this.#freshRefused < 2) {
       this.#needsToken = true; // it expired: the next connection gets a new one
       this.#fail(failure, true);
     } else if (status === 401 && refreshable) {
-      const message = `the gateway refused a new token from token(): ${failure.message}`;
+      const message = `the gateway refused two new tokens from token(): ${failure.message}`;
       this.#fail({ ...failure, message }, false);
     } else {
       const final = status >= 400 && status < 500 && !RETRYABLE_4XX.has(status);
