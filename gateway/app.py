@@ -160,9 +160,11 @@ def create_app(
         deadline = now + settings.max_session_seconds * jitter
         if (hard_deadline := host_deadline(request)) is not None:
             deadline = min(deadline, hard_deadline)
-        token_bound = grant_ends is not None and now + grant_ends - time.time() < deadline
-        if grant_ends is not None and token_bound:
-            deadline = now + grant_ends - time.time()
+        token_bound = False
+        if grant_ends is not None:
+            token_ends = now + grant_ends - time.time()  # on the monotonic clock
+            token_bound = token_ends < deadline
+            deadline = min(deadline, token_ends)
         return SessionTiming(
             deadline=deadline,
             heartbeat_seconds=settings.heartbeat_seconds,

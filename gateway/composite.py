@@ -43,7 +43,7 @@ _BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _MORE = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # a seq digit with more to come
 _LAST = "WXYZabcdefghijklmnopqrstuvwxyz-_"  # the seq's last digit
 _EMPTY_MARK = "."
-_UNKNOWN_EPOCH = "~"
+UNKNOWN_EPOCH = "~"
 _ENTRY = re.compile(
     rf"([{re.escape(_BASE64)}]{{2}})(?:{re.escape(_EMPTY_MARK)}|([{re.escape(_BASE64)}]{{2}})"
     rf"([{_MORE}]{{0,12}})([{re.escape(_LAST)}]))"
@@ -65,7 +65,7 @@ def channel_tag(channel: str) -> str:
 def epoch_fingerprint(epoch: str) -> int:
     # Epochs are random hex: any 12 bits of one will do. An epoch known only by its
     # fingerprint (see ``Requested.start``) keeps it.
-    return int(epoch.removeprefix(_UNKNOWN_EPOCH)[:3], 16)
+    return int(epoch.removeprefix(UNKNOWN_EPOCH)[:3], 16)
 
 
 def _seq(seq: int) -> str:
@@ -131,7 +131,7 @@ class Requested:
             and self.entry.seq >= since - 1
         )
         # Another epoch's position: a name no real epoch has, so it never equals one.
-        epoch = head.epoch if same_epoch else f"{_UNKNOWN_EPOCH}{self.entry.fingerprint:03x}"
+        epoch = head.epoch if same_epoch else f"{UNKNOWN_EPOCH}{self.entry.fingerprint:03x}"
         return resolve_position(Position(epoch, self.entry.seq), head, since)
 
 

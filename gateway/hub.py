@@ -291,7 +291,7 @@ class ChannelHub:
         """The running feeds by channel (a copy)."""
         return dict(self._feeds)
 
-    def running(self, channel: str) -> ChannelFeed | None:
+    def joinable(self, channel: str) -> ChannelFeed | None:
         """The channel's feed, if one runs, has not failed, and has seen the log's
         head lately (so a purge cannot have gone unseen for longer than a poll)."""
         feed = self._feeds.get(channel)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import wire
+from gateway.composite import UNKNOWN_EPOCH
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.hub import ChannelFeed, ChannelHub
@@ -117,7 +118,8 @@ class _Reader:
 def _known(position: Position) -> str | None:
     """The id a client knows for ``position``: none for an epoch that a composite
     cursor named only by its fingerprint."""
-    return None if position.epoch is not None and position.epoch[0] == "~" else position.event_id
+    epoch = position.epoch
+    return None if epoch is not None and epoch.startswith(UNKNOWN_EPOCH) else position.event_id
 
 
 @dataclass(slots=True)
@@ -141,7 +143,7 @@ async def open_channel(
     """Where a session on ``channel`` starts (``choose`` decides from the log's
     head), what it delivers first, and the channel's feed, subscribed (the
     session must ``hub.leave`` it)."""
-    feed = hub.running(channel) if fresh else None
+    feed = hub.joinable(channel) if fresh else None
     if feed is not None:
         # The running feed knows the newest position it has seen, as recent as a
         # head query: a fresh session starts there without one. Nothing is awaited

@@ -59,7 +59,7 @@ async def test_a_new_session_on_a_restarted_log_gets_a_feed_of_the_new_epoch(
     restarted = await publish(http, other.url, "c", {"events": [{"data": "a"}, {"data": "b"}]})
     assert parse_event_id(restarted[0]) != parse_event_id(old[0])
     # The feed looks at the head at least every poll_max_seconds (0.2 s here); fresh
-    # sessions join it without a query only while it has (see ChannelHub.running).
+    # sessions join it without a query only while it has (see ChannelHub.joinable).
     await asyncio.sleep(0.5)
     assert "c" not in server.hub.feeds  # it saw the log start over, and stopped
     fresh = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))
