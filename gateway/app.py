@@ -133,6 +133,7 @@ def create_app(
         buffer_events=settings.feed_buffer_events,
         buffer_bytes=settings.feed_buffer_bytes,
         max_feeds=settings.max_feeds,
+        metrics=metrics,
     )
     metrics.watch_feeds(lambda: len(hub.feeds))
     publisher = Publisher(store, settings, hub, metrics)
@@ -181,20 +182,26 @@ def create_app(
     async def stream_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
         timing = session_timing(request, authorize(request, Action.SUBSCRIBE, channel))
-        stream = event_stream(
-            channel, last_event_id(request), store=store, hub=hub, timing=timing, metrics=metrics
+        after = last_event_id(request)
+        return EventStreamResponse(
+            lambda outlet: event_stream(
+                channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
+            ),
+            STREAM_HEADERS,
         )
-        return EventStreamResponse(stream, STREAM_HEADERS)
 
     async def stream_channels(request: Request) -> Response:
         channels = check_channels(
             request.query_params.getlist("channel"), settings.max_channels_per_connection
         )
         timing = session_timing(request, authorize(request, Action.SUBSCRIBE, *channels))
-        stream = multi_event_stream(
-            channels, last_event_id(request), store=store, hub=hub, timing=timing, metrics=metrics
+        after = last_event_id(request)
+        return EventStreamResponse(
+            lambda _: multi_event_stream(
+                channels, after, store=store, hub=hub, timing=timing, metrics=metrics
+            ),
+            STREAM_HEADERS,
         )
-        return EventStreamResponse(stream, STREAM_HEADERS)
 
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])

@@ -32,7 +32,9 @@ from collections.abc import Sequence
 from gateway import wire
 from gateway.cursor import EMPTY, Position
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
+from gateway.fanout import Attached
 from gateway.items import LogEnd, StoredEvent
+from gateway.metrics import Metrics
 from gateway.store import EventLog, Page
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class ChannelFeed:
         poll_max_seconds: float,
         buffer_events: int,
         buffer_bytes: int,
+        metrics: Metrics,
     ) -> None:
         self.channel = channel
         self.epoch = start.epoch if start else None
@@ -59,6 +62,8 @@ class ChannelFeed:
         self._poll_max = poll_max_seconds
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
+        self._metrics = metrics
+        self._attached: dict[Attached, None] = {}  # sessions it writes to (gateway.fanout)
         self._events: list[StoredEvent] = []
         self._frames: dict[int, tuple[StoredEvent, bytes]] = {}
         self._bytes = 0
@@ -95,6 +100,9 @@ class ChannelFeed:
         if self.failure is None:
             self.failure = reason
             self._publish()
+            for attached in self._attached:
+                attached.wake()
+            self._attached.clear()
 
     @property
     def running(self) -> bool:
@@ -148,6 +156,17 @@ class ChannelFeed:
     def wake(self) -> None:
         self._wake.set()
 
+    def attach(self, attached: Attached) -> None:
+        """Write new events straight to ``attached``'s stream while they follow its
+        position; detach and wake it when they do not, or when the feed fails."""
+        if self.failure is not None:
+            attached.wake()
+        else:
+            self._attached[attached] = None
+
+    def detach(self, attached: Attached) -> None:
+        self._attached.pop(attached, None)
+
     async def wait(self, at_most: float) -> None:
         """Until new events are buffered, the feed fails, or ``at_most`` seconds pass."""
         # asyncio.timeout rather than wait_for: no task per waiting session.
@@ -176,8 +195,7 @@ class ChannelFeed:
             if page.scanned_to >= self._scanned_to:
                 self._scanned_to, self._aligned = page.scanned_to, True
             if fresh:
-                self._buffer(fresh)
-                self._publish()
+                self._deliver(fresh)
                 interval = self._poll_min
             else:
                 interval = min(interval * 2, self._poll_max)
@@ -235,9 +253,35 @@ class ChannelFeed:
         # one, so the next poll also looks for the rest of the item.
         self._scanned_to, self._aligned = events[-1].seq, False
         self._position_proven = True
-        self._buffer(list(events))
-        self._publish()
+        self._deliver(list(events))
         return True
+
+    def _deliver(self, events: list[StoredEvent]) -> None:
+        """Buffer new events, write them to the attached sessions they follow
+        (detaching the others), and wake the sessions that read the buffer."""
+        self._buffer(events)
+        if self._attached:
+            self._fan_out(events)
+        self._publish()
+
+    def _fan_out(self, events: list[StoredEvent]) -> None:
+        first, last = events[0], events[-1]
+        epoch, after = first.epoch, first.seq - 1
+        # What a session's reader delivers as is: one epoch, no seq skipped.
+        plain = last.seq - after == len(events) and all(e.epoch == epoch for e in events)
+        body = b"".join(map(self.frame, events))
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        now = time.monotonic()
+        written = 0
+        for attached in list(self._attached):
+            if plain and attached.seq == after and attached.epoch == epoch:
+                attached.seq, attached.written_at = last.seq, now
+                written += 1
+                if attached.outlet.write(message):
+                    continue
+            del self._attached[attached]  # it reads the buffer (or the log) again
+            attached.wake()
+        self._metrics.delivered([e.appended_at for e in events], sessions=written)
 
     def _buffer(self, events: list[StoredEvent]) -> None:
         self._events.extend(events)
@@ -277,8 +321,10 @@ class ChannelHub:
         buffer_events: int,
         buffer_bytes: int = 8 << 20,
         max_feeds: int = 10_000,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else Metrics()
         self._poll_min = poll_min_seconds
         self._poll_max = poll_max_seconds
         self._buffer_events = buffer_events
@@ -331,6 +377,7 @@ class ChannelHub:
                 poll_max_seconds=self._poll_max,
                 buffer_events=self._buffer_events,
                 buffer_bytes=self._buffer_bytes,
+                metrics=self._metrics,
             )
             self._feeds[channel] = feed
             feed.start()

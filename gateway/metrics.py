@@ -60,9 +60,10 @@ class Metrics:
     def session_ended(self, end: str) -> None:
         """The session ended, for one of ``SESSION_ENDS``."""
 
-    def delivered(self, appended_at: Sequence[float]) -> None:
-        """A session wrote frames of these events, given by their append times
-        (``StoredEvent.appended_at``, seconds since the epoch)."""
+    def delivered(self, appended_at: Sequence[float], sessions: int = 1) -> None:
+        """Frames of these events, given by their append times
+        (``StoredEvent.appended_at``, seconds since the epoch), were written to
+        ``sessions`` sessions at once."""
 
     def reset(self, reason: str) -> None:
         """A session sent a ``reset`` event, for one of ``RESET_REASONS``."""
@@ -123,7 +124,8 @@ class RecordedMetrics(Metrics):
         )
         self._delivery_lag = Histogram(
             "sse_gateway_delivery_lag_seconds",
-            "from an event's append (the writer's clock) to its frame's write",
+            "from an event's append (the writer's clock) to its frame's write "
+            "(once for all the sessions a feed writes it to together)",
             buckets=DELIVERY_LAG_BUCKETS,
             registry=registry,
         )
@@ -141,11 +143,13 @@ class RecordedMetrics(Metrics):
         self._ends[end].inc()
         self._open_sessions.dec()
 
-    def delivered(self, appended_at: Sequence[float]) -> None:
-        if not appended_at:
+    def delivered(self, appended_at: Sequence[float], sessions: int = 1) -> None:
+        if not appended_at or not sessions:
             return
-        self._delivered.inc(len(appended_at))
+        self._delivered.inc(len(appended_at) * sessions)
         now = self._clock()
+        # One lag per event per write, not per session: a feed writes a frame to
+        # all of its attached sessions at once (gateway.fanout).
         for at in appended_at:
             # Writers' clocks differ a little: a lag below zero is none.
             self._delivery_lag.observe(max(0.0, now - at))

@@ -13,6 +13,11 @@ published, ids of the channel's own log; here) or several (``/events``, see
 loop below, so every per-channel guarantee holds for each channel of a
 multi-channel session.
 
+A single-channel session that has caught up with its channel's feed lets the
+feed write new frames to its stream itself (``gateway.fanout``), until the
+frames no longer follow its position as they are, or a write has to wait; it
+then reads the feed's buffer (or the log) again with its reader.
+
 No store call may outlive the session's deadline: each is bounded by what is
 left of it (one at a time; a timeout must not span a generator's ``yield``),
 so a hung DynamoDB cannot keep a Lambda past its own deadline.
@@ -32,6 +37,7 @@ from gateway import wire
 from gateway.composite import UNKNOWN_EPOCH
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
+from gateway.fanout import Attached, Outlet
 from gateway.hub import ChannelFeed, ChannelHub
 from gateway.items import StoredEvent
 from gateway.metrics import Metrics
@@ -42,16 +48,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SessionTiming:
-    deadline: float  # on the ``clock`` below
+    deadline: float  # on time.monotonic
     heartbeat_seconds: float
     retry_ms: int
     idle_seconds: float | None = None  # end a session that delivered nothing this long
     idle_retry_ms: int = 0
     token_bound: bool = False  # the deadline is the token's expiry
-    clock: Callable[[], float] = time.monotonic
 
     def remaining(self) -> float:
-        return self.deadline - self.clock()
+        return self.deadline - time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,7 @@ async def run_session(
 def event_stream(
     channel: str,
     last_event_id: str | None,
+    outlet: Outlet | None = None,
     *,
     store: EventLog,
     hub: ChannelHub,
@@ -226,13 +232,14 @@ def event_stream(
 ) -> AsyncIterator[bytes]:
     """The session of the single-channel endpoint: frames as published, ids of the
     channel's own log."""
-    body = _single(channel, last_event_id, store, hub, timing, metrics)
+    body = _single(channel, last_event_id, outlet, store, hub, timing, metrics)
     return run_session(body, [channel], timing, metrics)
 
 
 async def _single(
     channel: str,
     last_event_id: str | None,
+    outlet: Outlet | None,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
@@ -253,7 +260,7 @@ async def _single(
         if opened.deliveries:
             report(metrics, opened.deliveries)
             yield _plain(opened, opened.deliveries)
-        async for chunk in tail([opened], store, timing, _plain, metrics):
+        async for chunk in tail([opened], store, timing, _plain, metrics, outlet):
             yield chunk
     finally:
         hub.leave(opened.feed)
@@ -280,10 +287,13 @@ async def tail(
     timing: SessionTiming,
     framing: Framing,
     metrics: Metrics,
+    outlet: Outlet | None = None,
 ) -> AsyncIterator[bytes | End]:
     """Deliver what each channel's feed (or, behind it, the log) holds after the
-    session's position, until the deadline; the last item says why it ended."""
-    clock = timing.clock
+    session's position, until the deadline; the last item says why it ended.
+    With the ``outlet`` of a single channel's stream, the feed writes to it while
+    the session is caught up."""
+    clock = time.monotonic
     next_heartbeat = clock() + timing.heartbeat_seconds
     idle_until = clock() + timing.idle_seconds if timing.idle_seconds is not None else None
     while (remaining := timing.deadline - clock()) > 0:
@@ -322,11 +332,47 @@ async def tail(
             yield End.IDLE
             return
         wake = min(timing.deadline, next_heartbeat, idle_until or timing.deadline)
-        await _wait_any([f.feed for f in following], wake - clock())
+        if outlet is not None and _caught_up(following[0]):
+            if (written_at := await _follow(following[0], outlet, wake - clock())) is not None:
+                next_heartbeat = written_at + timing.heartbeat_seconds
+                if idle_until is not None:
+                    idle_until = written_at + (timing.idle_seconds or 0)
+        else:
+            await _wait_any([f.feed for f in following], wake - clock())
         if clock() >= next_heartbeat:
             yield wire.encode_comment()
             next_heartbeat = clock() + timing.heartbeat_seconds
     yield End.DEADLINE
+
+
+def _caught_up(opened: Opened) -> bool:
+    """Whether the session has delivered all it has read, up to its feed's position:
+    the feed's next events are what its reader would deliver next, as they are."""
+    reader, feed = opened.reader, opened.feed
+    cursor = reader.cursor
+    return cursor.seq == reader.scanned_to and feed.position == cursor
+
+
+async def _follow(opened: Opened, outlet: Outlet, at_most: float) -> float | None:
+    """Have the channel's feed write its new frames to the stream for up to
+    ``at_most`` seconds, or until it cannot; returns when it last wrote (on
+    time.monotonic), None when it wrote nothing."""
+    reader, feed = opened.reader, opened.feed
+    attached = Attached(outlet, reader.cursor.epoch, reader.scanned_to)
+    feed.attach(attached)
+    try:
+        await attached.wait(at_most)
+    except BaseException:
+        outlet.drop_pending()  # cancelled: the client left
+        raise
+    finally:
+        feed.detach(attached)
+    if attached.written_at is not None:
+        reader.cursor = Position(attached.epoch, attached.seq)
+        # As for the feed's events read from its buffer (see tail).
+        reader.scanned_to, reader.aligned = attached.seq, False
+    await outlet.finish_pending()
+    return attached.written_at
 
 
 _FAILURE_ENDS = {LogRestarted: End.RESTART, ShuttingDown: End.SHUTDOWN}

@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from gateway.fanout import Outlet
 
 
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, body: Callable[[Outlet], AsyncIterator[bytes]], headers: Mapping[str, str]
+    ) -> None:
+        """``body`` makes the stream's chunks; given the outlet, its session may also
+        have its channel's feed write to the stream (``gateway.fanout``)."""
         self.status_code = 200
         self.background = None
         self.init_headers(headers)  # no body: no Content-Length
-        self._body = body
+        self._make_body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = asyncio.current_task()
@@ -35,9 +41,10 @@ class EventStreamResponse(Response):
         gone = asyncio.get_running_loop().create_future()
         listener = asyncio.create_task(_until_disconnect(receive, gone))
         listener.add_done_callback(lambda _: gone.done() and stream.cancel())
+        body = self._make_body(Outlet(send))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self._body:
+            async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -47,7 +54,7 @@ class EventStreamResponse(Response):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-            await _close(self._body)
+            await _close(body)
 
 
 async def _until_disconnect(receive: Receive, gone: asyncio.Future[None]) -> None:

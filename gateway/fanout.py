@@ -1,0 +1,132 @@
+"""Frames written by a channel's feed straight into its sessions' responses.
+
+With 1,000 sessions on a channel, waking 1,000 session tasks so that each
+copies the same bytes into its socket costs most of a core (BENCHMARKS.md §1):
+a task step, a wait, the session's generators and the response's loop, per
+frame per session. A single-channel session that has caught up with its feed
+*attaches* to it instead, and the feed writes each new frame into every
+attached response itself, in one loop and without a task switch.
+
+Writing without a task switch means running the coroutine of the server's ASGI
+``send`` by hand. A send that can write at once (uvicorn's, while the socket
+takes data) is done after its first step. One that has to wait (flow control:
+the client reads slower than events come) cannot be finished by the feed: the
+rest of it is left for the session's own task (``Outlet.pending``), and the
+session is detached. Detached, it reads the feed's buffer by seq as before,
+falls back to the store if it fell behind the buffer, and attaches again once
+it has caught up. Nothing in the standard library or Starlette does this on
+Python 3.11; 3.12's eager tasks come close but still make a task per write.
+
+A stream has one writer at a time: the feed while the session is attached, the
+session's task otherwise. A write that has to wait detaches the session first,
+and the session finishes that write before it writes anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from starlette.types import Message, Send
+
+
+class Outlet:
+    """A stream's ASGI ``send``, for writes that should not switch tasks."""
+
+    __slots__ = ("_send", "pending")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.pending: _Rest | None = None
+
+    def write(self, message: Message) -> bool:
+        """Send ``message`` now if the server takes it without waiting. Otherwise
+        the rest of the send is left in ``pending`` (the session's task must await
+        it before it writes again) and this returns False. A send that fails
+        leaves its error in ``pending`` too, for the session's task to meet."""
+        coroutine: Any = self._send(message)  # a coroutine, stepped by hand
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration:
+            return True
+        except Exception as exc:
+            self.pending = _Rest(None, exc)
+            return False
+        self.pending = _Rest(coroutine, waiting_on)
+        return False
+
+    async def finish_pending(self) -> None:
+        """Finish a write the feed left waiting (see ``write``)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            await pending
+
+    def drop_pending(self) -> None:
+        """The stream ends without finishing a waiting write (its client left)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.close()
+
+
+class _Rest:
+    """What is left of a send whose first step waited on ``waiting_on`` (a future
+    of the event loop), or of one that failed (``coroutine`` None, the error in
+    ``waiting_on``): awaiting it goes on exactly where the first step stopped."""
+
+    __slots__ = ("_coroutine", "_waiting_on")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None] | None, waiting_on: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, waiting_on = self._coroutine, self._waiting_on
+        if coroutine is None:
+            raise waiting_on
+        # What ``yield from`` does, from the second step on: the awaiting task
+        # waits on what the coroutine waits on, and gets back what it sends.
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # a cancellation goes through to the send
+                try:
+                    waiting_on = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
+
+
+class Attached:
+    """A session attached to its channel's feed: where its stream has got to
+    (``epoch``, ``seq``) and when the feed last wrote to it. The feed writes a
+    batch only if it follows ``seq`` in ``epoch`` (what the session's reader
+    would deliver without a reset); anything else detaches the session."""
+
+    __slots__ = ("_woken", "epoch", "outlet", "seq", "written_at")
+
+    def __init__(self, outlet: Outlet, epoch: str | None, seq: int) -> None:
+        self.outlet = outlet
+        self.epoch = epoch
+        self.seq = seq
+        self.written_at: float | None = None
+        self._woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(self) -> None:
+        if not self._woken.done():
+            self._woken.set_result(None)
+
+    async def wait(self, at_most: float) -> None:
+        """Until the feed detaches the session or fails, or ``at_most`` seconds pass."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                await self._woken

@@ -1,0 +1,123 @@
+"""Frames written by the feed straight into responses: the outlet's hand-run
+sends on their own, then sessions over real HTTP, one of them too slow to take
+its frames as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+
+import httpx
+import pytest
+from starlette.types import Message
+
+from gateway.fanout import Outlet
+from tests.eventstream import EventStreamParser, read_session
+from tests.servers import GatewayServer, publish
+
+StartGateway = Callable[..., GatewayServer]
+BODY: Message = {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True}
+
+
+class Socket:
+    """An ASGI ``send`` that writes at once while ``open``, else waits for it to open
+    (as uvicorn's does under flow control); ``sent`` is what it wrote, in order."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+        self.sent: list[bytes] = []
+        self.unwound = 0
+
+    async def send(self, message: Message) -> None:
+        try:
+            if not self.open.is_set():
+                await self.open.wait()
+            self.sent.append(message["body"])
+        finally:
+            self.unwound += 1
+
+
+async def test_a_send_that_can_write_now_is_done_by_write_itself() -> None:
+    sock = Socket()
+    outlet = Outlet(sock.send)
+    assert outlet.write(BODY)
+    assert (sock.sent, outlet.pending) == ([BODY["body"]], None)
+
+
+async def test_a_send_that_must_wait_is_finished_by_whoever_awaits_the_rest() -> None:
+    sock = Socket()
+    outlet = Outlet(sock.send)
+    sock.open.clear()
+    assert not outlet.write(BODY)
+    assert sock.sent == [] and outlet.pending is not None
+    finishing = asyncio.create_task(outlet.finish_pending())
+    await asyncio.sleep(0.01)
+    assert not finishing.done()  # still waiting on the socket, in the session's task
+    sock.open.set()
+    await finishing
+    assert (sock.sent, outlet.pending) == ([BODY["body"]], None)
+    await outlet.finish_pending()  # nothing left: a no-op
+    assert sock.sent == [BODY["body"]]
+
+
+async def test_a_cancelled_rest_cancels_the_send_and_a_dropped_one_unwinds_it() -> None:
+    sock = Socket()
+    outlet = Outlet(sock.send)
+    sock.open.clear()
+    assert not outlet.write(BODY)
+    finishing = asyncio.create_task(outlet.finish_pending())
+    await asyncio.sleep(0.01)
+    finishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    assert (sock.sent, sock.unwound) == ([], 1)  # the send saw the cancellation
+    assert not outlet.write(BODY)
+    outlet.drop_pending()
+    assert (sock.sent, sock.unwound, outlet.pending) == ([], 2, None)
+
+
+async def test_a_send_that_fails_at_once_fails_whoever_awaits_the_rest() -> None:
+    async def broken(message: Message) -> None:
+        raise RuntimeError("the response is complete")
+
+    outlet = Outlet(broken)
+    assert not outlet.write(BODY)
+    with pytest.raises(RuntimeError, match="the response is complete"):
+        await outlet.finish_pending()
+
+
+async def test_a_reader_too_slow_for_the_feed_is_detached_and_loses_nothing(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    # The slow reader reads nothing until every event is published: once the
+    # sockets' buffers are full (4 MiB here), the server's writes to it have to
+    # wait (flow control) while the feed goes on writing to the fast readers.
+    server = gateway(max_session_seconds=60, feed_buffer_bytes=1 << 20)
+    url = f"{server.url}/channels/mixed/events"
+    window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)]
+    count = 100
+    fast = [
+        asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == count))
+        for _ in range(3)
+    ]
+    transport = httpx.AsyncHTTPTransport(socket_options=window)
+    async with (
+        httpx.AsyncClient(transport=transport, timeout=60) as slow_client,
+        slow_client.stream("GET", url) as slow,
+    ):
+        await asyncio.sleep(0.5)  # every session has caught up: attached
+        ids = []
+        for n in range(count):  # 100 x 64 KiB: more than the sockets hold
+            ids += await publish(http, server.url, "mixed", {"data": f"{n}:{'x' * 65_000}"})
+        parser, events = EventStreamParser(), []
+        async for chunk in slow.aiter_raw():
+            events += parser.feed(chunk)
+            if len(events) >= count:
+                break
+    assert [e.last_event_id for e in events] == ids
+    assert [json.loads(e.data).split(":")[0] for e in events] == [str(n) for n in range(count)]
+    for session in await asyncio.gather(*fast):
+        assert [e.last_event_id for e in session.events] == ids
