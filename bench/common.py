@@ -142,7 +142,8 @@ class Moto:
 @contextlib.contextmanager
 def moto_server() -> Iterator[Moto]:
     port = free_port()
-    with running([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]) as process:
+    command = [sys.executable, "-m", "infra.local", "--port", str(port)]
+    with running(command) as process:
         url = f"http://127.0.0.1:{port}"
         wait_http(url)
         yield Moto(url, process.pid)

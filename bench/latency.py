@@ -8,6 +8,9 @@ uvloop + httptools (its default when installed).
 
     .venv/bin/python -m bench.latency          # writes bench/results/latency.json
                                                # and bench/latency.png
+
+``--baseline REF`` also runs the gateway code of git revision ``REF`` (on
+uvloop + httptools), beside this tree's, on the same store.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import httpx
 from bench.common import (
     Subscriber,
     Target,
+    checkout,
     cpu_seconds,
     gateway,
     moto_server,
@@ -106,7 +110,9 @@ async def measure(
 
 
 @contextlib.contextmanager
-def targets(dynamodb: str, with_nchan: bool) -> Iterator[list[tuple[str, Target, Target]]]:
+def targets(
+    dynamodb: str, with_nchan: bool, baseline: str | None
+) -> Iterator[list[tuple[str, Target, Target]]]:
     """(label, where subscribers connect, where events are published)."""
     table = f"bench-latency-{time.time_ns()}"
     # A publish through another process (a separate publish Lambda) reaches the
@@ -122,6 +128,11 @@ def targets(dynamodb: str, with_nchan: bool) -> Iterator[list[tuple[str, Target,
             ("sse-gateway, uvloop + httptools", fast, fast),
             ("sse-gateway, uvloop + httptools, published via another process", fast, elsewhere),
         ]
+        if baseline is not None:
+            old = stack.enter_context(
+                gateway(dynamodb, source=stack.enter_context(checkout(baseline)), table_name=table)
+            )
+            found.append((f"sse-gateway {baseline}, uvloop + httptools", old, old))
         if with_nchan:
             hub = stack.enter_context(nchan())
             found.append(("nchan", hub, hub))
@@ -164,10 +175,11 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=20, help="events per second")
     parser.add_argument("--no-nchan", action="store_true", help="without nginx + nchan")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=SCENARIOS)
+    parser.add_argument("--baseline", metavar="REF", help="git revision to compare against")
     args = parser.parse_args()
     raise_fd_limit()
     rows = []
-    with moto_server() as moto, targets(moto.url, not args.no_nchan) as servers:
+    with moto_server() as moto, targets(moto.url, not args.no_nchan, args.baseline) as servers:
         for scenario in args.scenarios:
             per_channel, channels = map(int, scenario.split("x"))
             for label, subscribed, published in servers:

@@ -2,11 +2,20 @@
 
 moto is an optional dependency (``sse-gateway[local]``), imported only here,
 so the Lambda package never needs it.
+
+moto's WSGI app is served by cheroot, not by the werkzeug development server
+that ``moto_server`` uses: werkzeug answers every request with ``Connection:
+close``, so each DynamoDB call paid a new TCP connection and a new server
+thread, which DynamoDB itself (keep-alive over TLS) does not make a client
+pay. With connections kept alive a call costs about a third less
+(BENCHMARKS.md §1).
+
+    python -m infra.local --port 8000   # the embedded DynamoDB on its own
 """
 
 from __future__ import annotations
 
-import logging
+import argparse
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,25 +44,37 @@ def embedded_dynamodb(
     itself, so ``sse-gateway dev`` does not need it.)
     """
     try:
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
+        from cheroot.wsgi import Server
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     except ImportError as exc:
         raise RuntimeError(
             "the embedded DynamoDB needs moto: pip install 'sse-gateway[local]'"
         ) from exc
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     app = DomainDispatcherApplication(create_backend_app)
-    server = make_server(
-        host, port, app, threaded=not serialized, request_handler=MotoRequestHandler
-    )
-    thread = threading.Thread(target=server.serve_forever, name="embedded-dynamodb", daemon=True)
+    # Idle kept-alive connections wait in cheroot's selector, not in a thread, so
+    # one thread serves every connection, one request at a time.
+    threads = 1 if serialized else 8
+    server = Server((host, port), app, numthreads=threads, max=threads)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, name="embedded-dynamodb", daemon=True)
     thread.start()
     try:
-        yield f"http://{host}:{server.server_port}"
+        yield f"http://{host}:{server.bind_addr[1]}"
     finally:
-        server.shutdown()
+        server.stop()
         thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The embedded DynamoDB, until interrupted.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--serialized", action="store_true", help="one request at a time")
+    args = parser.parse_args()
+    with embedded_dynamodb(args.host, args.port, serialized=args.serialized) as url:
+        print(f"DynamoDB (moto) at {url}", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

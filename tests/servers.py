@@ -109,8 +109,9 @@ _THROTTLED = (
 
 
 class FaultProxy:
-    """A TCP proxy to DynamoDB. moto answers ``Connection: close``, so each
-    connection carries one request, which makes per-request faults simple.
+    """A TCP proxy to DynamoDB that carries one request per connection (it asks
+    the store to close after answering, and closes too), which makes
+    per-request faults simple.
 
     ``refuse``: connections are closed at once. ``stall``: requests reach the
     proxy and are never answered (a hung DynamoDB). ``split_transactions``: a
@@ -203,10 +204,13 @@ class FaultProxy:
             writer.close()
 
     async def _forward(self, request: bytes) -> bytes:
+        head, _, body = request.partition(b"\r\n\r\n")
+        kept = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+        request = b"\r\n".join([*kept, b"Connection: close"]) + b"\r\n\r\n" + body
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         up_writer.write(request)
         await up_writer.drain()
-        response = await up_reader.read()  # moto closes after answering
+        response = await up_reader.read()  # the store closes after answering
         up_writer.close()
         return response
 
