@@ -74,17 +74,27 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="1000,10000", help="connection counts, ascending")
     parser.add_argument("--settle", type=float, default=3)
-    parser.add_argument("--targets", default="sse-gateway,nchan", help="which servers to measure")
+    parser.add_argument(
+        "--targets",
+        default="sse-gateway,sse-gateway-no-access-log,nchan",
+        help="which servers to measure",
+    )
     args = parser.parse_args()
     steps = [int(n) for n in args.steps.split(",")]
     raise_fd_limit()
     rows = []
     with moto_server() as moto:
         dynamodb = moto.url
-        targets = {"sse-gateway": lambda: gateway(dynamodb), "nchan": nchan}
+        targets = {
+            "sse-gateway": lambda: gateway(dynamodb),
+            # As nchan is configured here (access_log off in bench.common.NGINX_CONF).
+            "sse-gateway-no-access-log": lambda: gateway(dynamodb, args=["--no-access-log"]),
+            "nchan": nchan,
+        }
         for name in args.targets.split(","):
             with targets[name]() as target:
-                rows += await hold(target, steps, args.settle)
+                for row in await hold(target, steps, args.settle):
+                    rows.append({**row, "target": name})
     write_result("idle", rows)
 
 

@@ -80,6 +80,7 @@ async def serve(
     session: aioboto3.Session | None = None,
     create_table: bool = False,
     http: str = "auto",
+    access_log: bool = True,
 ) -> None:
     async with open_dynamodb(settings, session) as client:
         if create_table and await ensure_table(client, settings.table_name):
@@ -88,7 +89,12 @@ async def serve(
         store = EventLog.for_settings(client, settings, metrics=metrics)
         app = create_app(settings, store, metrics=metrics)
         config = uvicorn.Config(
-            app, host=host, port=port, http=http, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
+            app,
+            host=host,
+            port=port,
+            http=http,
+            access_log=access_log,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
         logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         await _Server(config, on_exit=app.state.hub.close).serve()
@@ -116,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
             choices=["auto", "httptools", "h11"],
             default="auto",
             help="HTTP parser (auto: httptools when installed)",
+        )
+        command.add_argument(
+            "--no-access-log",
+            dest="access_log",
+            action="store_false",
+            help="no log line per request (a connect storm then costs less CPU)",
         )
     return parser
 
@@ -151,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logger.info("serving on the %s event loop with the %s HTTP parser", loop, http)
     if args.command == "serve":
-        _run(serve(settings, host=args.host, port=args.port, http=http), loop)
+        serving = serve(
+            settings, host=args.host, port=args.port, http=http, access_log=args.access_log
+        )
+        _run(serving, loop)
         return 0
 
     from infra.local import embedded_dynamodb, local_session
@@ -171,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             session=local_session(),
             create_table=True,
             http=http,
+            access_log=args.access_log,
         )
         _run(serving, loop)
     return 0

@@ -108,16 +108,19 @@ class ChannelFeed:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def serves(self, head: LogEnd | None) -> bool:
+    def serves(self, head: LogEnd | None, position: int | None = None) -> bool:
         """Whether a session that found ``head`` can follow this feed: its log has not
-        started over below the feed's position. A head behind the feed in its own
-        epoch counts as a restart too: TTL may have deleted the newest items, whose
-        events the buffer must not hand out again."""
+        started over below the feed's position (or below ``position``, where the
+        feed was when it asked for ``head``: events handed over while the query was
+        out lie beyond what it could see). A head behind it in the feed's epoch
+        counts as a restart too: TTL may have deleted the newest items, whose events
+        the buffer must not hand out again."""
+        at = self._scanned_to if position is None else position
         if head is None:
-            return self._scanned_to == 0
+            return at == 0
         if head.epoch == self.epoch:
-            return head.last >= self._scanned_to
-        return head.since > self._scanned_to
+            return head.last >= at
+        return head.since > at
 
     @property
     def buffered_bytes(self) -> int:
@@ -217,7 +220,7 @@ class ChannelFeed:
             # this also lets fresh sessions join without a query of their own.
             head = await self._store.last_batch(self.channel)
             end = head.end if head is not None else None
-            if not self.serves(end):
+            if not self.serves(end, prior):
                 raise LogRestarted(f"channel {self.channel!r} started its log over")
             self._head_checked_at = checked_at
             if end is None or end.last == self._scanned_to:

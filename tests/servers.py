@@ -129,6 +129,7 @@ class FaultProxy:
         self.split_pause = 0.3
         self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
         self._throttle_next: list[str] = []  # ... to answer with a throttling error
+        self._delays: dict[str, float] = {}  # X-Amz-Target operation: seconds its answers wait
         self.seen: list[str] = []
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,6 +154,10 @@ class FaultProxy:
     @property
     def drops_pending(self) -> int:
         return len(self._drop_next)
+
+    def delay(self, operation: str, seconds: float) -> None:
+        """``operation`` is applied at once, but its answers arrive ``seconds`` late."""
+        self._delays[operation] = seconds
 
     def throttle(self, operation: str, times: int) -> None:
         """The next ``times`` ``operation`` requests get DynamoDB's throttling answer."""
@@ -196,6 +201,7 @@ class FaultProxy:
             if target in self._drop_next:
                 self._drop_next.remove(target)
                 return
+            await asyncio.sleep(self._delays.get(target, 0))
             writer.write(response)
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

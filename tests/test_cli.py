@@ -73,7 +73,16 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert "serving on the uvloop event loop with the httptools HTTP parser" in output
 
 
-def test_serve_runs_on_asyncio_and_h11_when_asked(dynamodb_endpoint: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "stack", "logged"),
+    [
+        (["--loop", "asyncio", "--http", "h11"], "the asyncio event loop with the h11", True),
+        (["--no-access-log"], "the uvloop event loop with the httptools", False),
+    ],
+)
+def test_serve_runs_on_the_stack_asked_and_logs_requests_unless_told_not_to(
+    dynamodb_endpoint: str, flags: list[str], stack: str, logged: bool
+) -> None:
     port = free_port()
     env = {
         **os.environ,
@@ -82,7 +91,7 @@ def test_serve_runs_on_asyncio_and_h11_when_asked(dynamodb_endpoint: str) -> Non
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    command = ["serve", "--port", str(port), "--loop", "asyncio", "--http", "h11"]
+    command = ["serve", "--port", str(port), *flags]
     process = subprocess.Popen(
         sse_gateway_command(*command),
         env=env,
@@ -105,7 +114,8 @@ def test_serve_runs_on_asyncio_and_h11_when_asked(dynamodb_endpoint: str) -> Non
             process.kill()
             process.wait()
     assert process.returncode == 0, output
-    assert "serving on the asyncio event loop with the h11 HTTP parser" in output
+    assert f"serving on {stack} HTTP parser" in output
+    assert ('"GET /healthz HTTP/1.1" 200' in output) is logged, output
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.eventstream import EventSourceClient, read_session
-from tests.servers import GatewayProcess, GatewayServer, publish
+from tests.servers import FaultProxy, GatewayProcess, GatewayServer, publish
 
 StartGateway = Callable[..., GatewayServer]
 StartProcess = Callable[..., GatewayProcess]
@@ -132,3 +132,29 @@ async def test_fresh_connections_join_a_running_feed_without_a_query_each(
     assert {s.last_event_id for s in sessions} == {event_id}
     assert all([e.last_event_id for e in s.events] == [event_id] for s in sessions)
     assert before != event_id
+
+
+async def test_a_head_read_before_a_handed_over_publish_is_no_restart(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    # Queries answer 0.3 s late: each of the feed's head checks (every 0.2 s) is
+    # still out when this process's publishes are handed to the feed, and comes
+    # back behind it. That is not the log starting over.
+    fault_proxy.delay("query", 0.3)
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=0.05,
+        poll_max_seconds=0.2,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/busy/events"
+    await publish(http, server.url, "busy", {"data": "the channel has a log"})
+    reading = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 20))
+    await asyncio.sleep(1)
+    ids = []
+    for n in range(20):
+        ids += await publish(http, server.url, "busy", {"data": n})
+        await asyncio.sleep(0.05)
+    session = await asyncio.wait_for(reading, 20)
+    # One session had them all: the feed did not end it for a restart.
+    assert [e.last_event_id for e in session.events] == ids
