@@ -25,13 +25,15 @@ Deliberate choices:
   write began is not written.
 - A group is cut at the first append that does not fit, never reordered: at
   most ``MAX_BATCH_EVENTS`` events and ``MAX_ITEM_PAYLOAD_BYTES`` of event data
-  (one item of at most 400 KB), at most 99 keyed appends (a transaction holds
-  100 items: the batch and a record each), never two with one key (a
-  transaction touches an item once; the second goes in the next write, finds
-  the record and is answered as a replay).
+  (one item of at most 400 KB), at most 98 keyed appends (a transaction holds
+  100 items: the batch, the check of the item an epoch opens above, and a
+  record each), never two with one key (a transaction touches an item once;
+  the second goes in the next write, finds the record and is answered as a
+  replay).
 - A keyed member makes the write a transaction, so the other members' events
   cost the transaction's doubled write units: still fewer units, and far fewer
-  round trips, than writing them apart.
+  round trips, than writing them apart. So does opening an epoch above an
+  expired item (``gateway/items.py`` says why), once per restart of a log.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ if TYPE_CHECKING:
 _PROBES_BEFORE_REQUERY = 4
 _MAX_CONFLICTS = 64
 _MAX_CHANNELS = 10_000
-_MAX_KEYED = 99
+_MAX_KEYED = 98
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +256,8 @@ class Appender:
                 if m.key is not None
             ]
             records_held: list[dict[str, Any] | None] = []
-            if not keyed:
+            moved = False
+            if not keyed and placement.above is None:
                 taken = await self._put(item)
             else:
                 records = [
@@ -263,13 +266,15 @@ class Appender:
                     )
                     for m, key, share in keyed
                 ]
-                taken, records_held = await self._put_with_records(item, records, now)
+                taken, moved, records_held = await self._transact(
+                    item, placement.above, records, now
+                )
             replays = [
                 (member, decode_idempotency_record(held))
                 for (member, _, _), held in zip(keyed, records_held, strict=True)
                 if held is not None
             ]
-            if taken is None and not replays:
+            if taken is None and not moved and not replays:
                 state.end = batch.end
                 for member, share in zip(group, shares, strict=True):
                     member.answer(Appended(list(share)))
@@ -277,10 +282,10 @@ class Appender:
             for member, record in replays:
                 member.answer(_replay(channel, member, record))
             group = [m for m in group if all(m is not member for member, _ in replays)]
-            if taken is not None:
+            if taken is not None or moved:
                 self._stats.conflicts += 1
                 conflicts += 1
-                end = decode_batch(taken).end
+                end = decode_batch(taken).end if taken is not None else await self._log_end(channel)
 
     async def _put(self, item: dict[str, Any]) -> dict[str, Any] | None:
         """Put ``item`` into a free slot; returns the item that holds the slot instead,
@@ -306,13 +311,33 @@ class Appender:
                 return None if existing["wid"] == item["wid"] else existing
         return None
 
-    async def _put_with_records(
-        self, item: dict[str, Any], records: list[dict[str, Any]], now: float
-    ) -> tuple[dict[str, Any] | None, list[dict[str, Any] | None]]:
-        """The batch and its idempotency records in one transaction. Returns the item
-        holding the slot if the slot was taken, and for each record the existing one
-        if its key was taken; (None, [None, ...]) when all of them are ours."""
+    async def _transact(
+        self,
+        item: dict[str, Any],
+        above: LogEnd | None,
+        records: list[dict[str, Any]],
+        now: float,
+    ) -> tuple[dict[str, Any] | None, bool, list[dict[str, Any] | None]]:
+        """The batch, the check that the item it opens an epoch above is unchanged,
+        and the idempotency records, in one transaction. Returns the item holding the
+        slot if the slot was taken; whether the item below moved (deleted or
+        replaced: read the end again); and for each record the existing one if its
+        key was taken. (None, False, [None, ...]) when all of it is ours."""
         self._stats.writes += 1
+        checks: list[Any] = []
+        if above is not None:
+            key = {PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: {"N": str(above.key)}}
+            checks.append(
+                {
+                    "ConditionCheck": {
+                        "TableName": self._table,
+                        "Key": key,
+                        "ConditionExpression": "#w = :w",
+                        "ExpressionAttributeNames": {"#w": "wid"},
+                        "ExpressionAttributeValues": {":w": {"S": above.write_id}},
+                    }
+                }
+            )
         # An expired record that TTL has not deleted yet no longer counts.
         transaction: Any = [
             {
@@ -324,6 +349,7 @@ class Appender:
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
+            *checks,
             *(
                 {
                     "Put": {
@@ -346,17 +372,16 @@ class Appender:
                 response: dict[str, Any] = dict(exc.response)
                 if response.get("Error", {}).get("Code") != "TransactionCanceledException":
                     raise
-                # One reason per item, in order: the slot's, then each key record's.
+                # One reason per item, in order: the slot's, the check's, each record's.
                 reasons = response.get("CancellationReasons", [])
-                held = [
-                    reasons[i].get("Item")
-                    if i < len(reasons) and reasons[i].get("Code") == "ConditionalCheckFailed"
-                    else None
-                    for i in range(1 + len(records))
+                failed = [
+                    i < len(reasons) and reasons[i].get("Code") == "ConditionalCheckFailed"
+                    for i in range(len(transaction))
                 ]
-                if all(x is None for x in held):
+                if not any(failed):
                     raise  # a conflict or throttling, not a condition: unavailable
-                if any(x is not None and x["wid"] == item["wid"] for x in held):
-                    return None, mine  # an earlier attempt of ours landed
-                return held[0], held[1:]
-        return None, mine
+                held = [reasons[i].get("Item") if failed[i] else None for i in range(len(failed))]
+                if any(x is not None and x.get("wid") == item["wid"] for x in held):
+                    return None, False, mine  # an earlier attempt of ours landed
+                return held[0], any(failed[1 : 1 + len(checks)]), held[1 + len(checks) :]
+        return None, False, mine

@@ -15,7 +15,12 @@ Placement keeps every id unique whatever TTL deletes, in whatever order:
   deleted, and the next append continues its epoch at its last seq + 1;
 - once the newest item has expired, items after it may have been deleted
   unseen, so the next append opens a new epoch (above that item's seq, so no
-  key of a surviving item is ever rewritten).
+  key of a surviving item is ever rewritten);
+- an append that opens an epoch is written only if the item it was placed
+  above is still there, unchanged (``Placement.above``, a condition of the
+  write). Otherwise two writers could read the end on either side of a TTL
+  deletion and both open epochs, one above the deleted item and one below
+  it; a reader resuming in the upper one would never see the lower one.
 
 Every item also carries ``since``, the first seq of its epoch: a reader that
 meets a new epoch can tell whether it began after its position or below it
@@ -74,6 +79,8 @@ class LogEnd:
     since: int
     last: int
     expires_at: int
+    key: int  # the item's sort key: the seq of its first event
+    write_id: str
 
     def trusted(self, now: float, margin: float) -> bool:
         """Whether this item certainly still exists, so a cached copy may stand for it:
@@ -87,6 +94,7 @@ class Placement:
     since: int
     first: int
     expires_at: int
+    above: LogEnd | None = None  # the item an epoch opens above: it must still be there
 
 
 def place(
@@ -99,7 +107,7 @@ def place(
     expires_at = max(expires_at, end.expires_at)
     first = end.last + 1
     if end.expires_at <= now:
-        return Placement(new_epoch(), first, first, expires_at)
+        return Placement(new_epoch(), first, first, expires_at, above=end)
     return Placement(end.epoch, end.since, first, expires_at)
 
 
@@ -118,7 +126,7 @@ class Batch:
     @property
     def end(self) -> LogEnd:
         last = self.events[-1]
-        return LogEnd(last.epoch, last.since, last.seq, self.expires_at)
+        return LogEnd(last.epoch, last.since, last.seq, self.expires_at, self.first, self.write_id)
 
 
 def stored_events(

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,15 @@ _THROTTLED = (
 ) + _THROTTLED_BODY
 
 
+@dataclass(frozen=True)
+class Hold:
+    """One answer held back by the proxy: ``applied`` once the request has reached
+    DynamoDB, delivered when the test sets ``released``."""
+
+    applied: threading.Event
+    released: threading.Event
+
+
 class FaultProxy:
     """A TCP proxy to DynamoDB that carries one request per connection (it asks
     the store to close after answering, and closes too), which makes
@@ -130,6 +140,7 @@ class FaultProxy:
         self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
         self._throttle_next: list[str] = []  # ... to answer with a throttling error
         self._delays: dict[str, float] = {}  # X-Amz-Target operation: seconds its answers wait
+        self._holds: dict[str, Hold] = {}
         self.seen: list[str] = []
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,6 +169,12 @@ class FaultProxy:
     def delay(self, operation: str, seconds: float) -> None:
         """``operation`` is applied at once, but its answers arrive ``seconds`` late."""
         self._delays[operation] = seconds
+
+    def hold(self, operation: str) -> Hold:
+        """The next ``operation`` is applied at once, and its answer waits until the
+        test releases it: an interleaving scripted exactly, whatever the machine's speed."""
+        self._holds[operation] = hold = Hold(threading.Event(), threading.Event())
+        return hold
 
     def throttle(self, operation: str, times: int) -> None:
         """The next ``times`` ``operation`` requests get DynamoDB's throttling answer."""
@@ -202,6 +219,9 @@ class FaultProxy:
                 self._drop_next.remove(target)
                 return
             await asyncio.sleep(self._delays.get(target, 0))
+            if (hold := self._holds.pop(target, None)) is not None:
+                hold.applied.set()
+                await asyncio.to_thread(hold.released.wait, 30)
             writer.write(response)
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

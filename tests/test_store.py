@@ -204,6 +204,48 @@ async def test_after_ttl_deleted_the_newest_items_appends_open_a_new_epoch_above
     assert {e.since for e in new + again} == {4}
 
 
+async def test_writers_that_read_the_end_either_side_of_a_ttl_deletion_open_one_epoch(
+    open_log: OpenLog, make_settings: Callable[..., Settings], fault_proxy: FaultProxy
+) -> None:
+    now = [1_000_000.0]
+    async with (
+        open_log(clock=lambda: now[0], retention_seconds=600) as first,
+        open_log(
+            clock=lambda: now[0], retention_seconds=600, dynamodb_endpoint_url=fault_proxy.url
+        ) as late,
+    ):
+        old = await _append(first, "c", "a") + await _append(first, "c", "b", "c")
+        now[0] += 601  # items 1 and 2..3 expired
+        hold = fault_proxy.hold("query")
+        late_append = asyncio.create_task(_append(late, "c", "late"))
+        assert await asyncio.to_thread(hold.applied.wait, 10)  # late read the end: 2..3
+        await delete_items(make_settings(), "c", [2])  # TTL
+        opened = await _append(first, "c", "x", "y")  # reads the end: 1; opens at 2
+        hold.released.set()
+        (appended,) = await late_append  # placed above 2..3: its opening must not stand
+    assert [e.seq for e in opened] == [2, 3] and opened[0].epoch != old[0].epoch
+    assert (appended.epoch, appended.seq) == (opened[0].epoch, 4)
+    epochs = [item["epoch"]["S"] for item in await raw_items(make_settings(), "c")]
+    assert epochs == [old[0].epoch, opened[0].epoch, opened[0].epoch]
+
+
+async def test_an_epoch_opened_while_its_answer_was_lost_is_written_once(
+    open_log: OpenLog, make_settings: Callable[..., Settings], fault_proxy: FaultProxy
+) -> None:
+    now = [1_000_000.0]
+    url = fault_proxy.url
+    async with open_log(
+        clock=lambda: now[0], retention_seconds=600, dynamodb_endpoint_url=url
+    ) as log:
+        (old,) = await _append(log, "c", "a")
+        now[0] += 601
+        fault_proxy.drop_response_once("transactwriteitems")
+        (opened,) = await _append(log, "c", "b")
+        assert fault_proxy.seen.count("transactwriteitems") == 2  # botocore retried it
+    assert (opened.seq, opened.since) == (2, 2) and opened.epoch != old.epoch
+    assert [int(item["seq"]["N"]) for item in await raw_items(make_settings(), "c")] == [1, 2]
+
+
 async def test_expiry_never_decreases_with_seq_whatever_the_writers_clocks(
     open_log: OpenLog, make_settings: Callable[..., Settings]
 ) -> None:
