@@ -113,14 +113,19 @@ class ChannelFeed:
         started over below the feed's position (or below ``position``, where the
         feed was when it asked for ``head``: events handed over while the query was
         out lie beyond what it could see). A head behind it in the feed's epoch
-        counts as a restart too: TTL may have deleted the newest items, whose events
-        the buffer must not hand out again."""
+        counts as a restart too once the newest item the feed knows may have
+        expired: TTL may have deleted the newest items, whose events the buffer must
+        not hand out again. Before that (TTL deletes only expired items, and expiry
+        never decreases with seq), such a head was read before a hand-over."""
         at = self._scanned_to if position is None else position
         if head is None:
             return at == 0
         if head.epoch == self.epoch:
-            return head.last >= at
+            return head.last >= at or not self._end_may_be_gone()
         return head.since > at
+
+    def _end_may_be_gone(self) -> bool:
+        return self._end_expires_at is None or self._store.has_expired(self._end_expires_at)
 
     @property
     def buffered_bytes(self) -> int:

@@ -158,3 +158,30 @@ async def test_a_head_read_before_a_handed_over_publish_is_no_restart(
     session = await asyncio.wait_for(reading, 20)
     # One session had them all: the feed did not end it for a restart.
     assert [e.last_event_id for e in session.events] == ids
+
+
+async def test_a_resuming_session_whose_head_read_a_handed_over_publish_passed_is_no_restart(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # no polls: the feed learns of publishes by hand-over only
+        poll_max_seconds=60,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/resumed/events"
+    (first,) = await publish(http, server.url, "resumed", {"data": "a"})
+    following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
+    await asyncio.sleep(0.3)
+    hold = fault_proxy.hold("query")
+    resuming = asyncio.create_task(
+        read_session(http, url, last_event_id=first, stop=lambda e: len(e) == 2)
+    )
+    assert await asyncio.to_thread(hold.applied.wait, 10)  # its head read found "a"
+    ids = await publish(http, server.url, "resumed", {"data": "b"})  # handed to the feed
+    hold.released.set()
+    await asyncio.sleep(0.3)
+    ids += await publish(http, server.url, "resumed", {"data": "c"})
+    sessions = await asyncio.wait_for(asyncio.gather(following, resuming), 10)
+    # Both sessions go on: the stale head did not end the channel's sessions.
+    assert [[e.last_event_id for e in s.events] for s in sessions] == [ids, ids]
