@@ -58,7 +58,6 @@ IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 logger = logging.getLogger(__name__)
 
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLIENT_HEADERS = {"Cache-Control": "public, max-age=300"}
 
 
@@ -179,18 +178,17 @@ def create_app(
         value = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         return value or None
 
-    async def stream_events(request: Request) -> Response:
+    async def stream_events(request: Request) -> EventStreamResponse:
         channel = check_channel(request.path_params["channel"])
         timing = session_timing(request, authorize(request, Action.SUBSCRIBE, channel))
         after = last_event_id(request)
         return EventStreamResponse(
             lambda outlet: event_stream(
                 channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
-            ),
-            STREAM_HEADERS,
+            )
         )
 
-    async def stream_channels(request: Request) -> Response:
+    async def stream_channels(request: Request) -> EventStreamResponse:
         channels = check_channels(
             request.query_params.getlist("channel"), settings.max_channels_per_connection
         )
@@ -199,8 +197,7 @@ def create_app(
         return EventStreamResponse(
             lambda _: multi_event_stream(
                 channels, after, store=store, hub=hub, timing=timing, metrics=metrics
-            ),
-            STREAM_HEADERS,
+            )
         )
 
     async def publish_events(request: Request) -> Response:
@@ -297,7 +294,7 @@ def create_app(
             )
         )
 
-    async def stream_response(scope: Scope, receive: Receive) -> Response:
+    async def stream_response(scope: Scope, receive: Receive) -> Response | EventStreamResponse:
         request = Request(scope, receive)
         endpoint = stream_channels if scope["path"] == "/events" else stream_events
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Set as AbstractSet
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -121,7 +121,7 @@ def step(
     epoch: str,
     seq: int,
     since: int,
-    visited: AbstractSet[str],
+    visited: Collection[str],
     observed_after: Position | None = None,
 ) -> Step | None:
     """What a reader at ``cursor`` does with the next event, ``<epoch>-<seq>`` of an

@@ -20,12 +20,17 @@ Python 3.11; 3.12's eager tasks come close but still make a task per write.
 A stream has one writer at a time: the feed while the session is attached, the
 session's task otherwise. A write that has to wait detaches the session first,
 and the session finishes that write before it writes anything else.
+
+An attached session waits for its next heartbeat (or its deadline) on an
+``Alarms`` slot shared with every session due in the same 50 ms, not on a timer
+of its own: a uvloop timer costs ~600 bytes, and an idle connection waits on one
+all its life (BENCHMARKS.md, idle memory).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -112,21 +117,51 @@ class Attached:
     batch only if it follows ``seq`` in ``epoch`` (what the session's reader
     would deliver without a reset); anything else detaches the session."""
 
-    __slots__ = ("_woken", "epoch", "outlet", "seq", "written_at")
+    __slots__ = ("alarm", "epoch", "outlet", "seq", "woken", "written_at")
 
     def __init__(self, outlet: Outlet, epoch: str | None, seq: int) -> None:
         self.outlet = outlet
         self.epoch = epoch
         self.seq = seq
         self.written_at: float | None = None
-        self._woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.alarm = 0  # its slot in Alarms
+        # Done when the feed detaches the session (or fails), or its waiter wakes it.
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def wake(self) -> None:
-        if not self._woken.done():
-            self._woken.set_result(None)
+        if not self.woken.done():
+            self.woken.set_result(None)
 
-    async def wait(self, at_most: float) -> None:
-        """Until the feed detaches the session or fails, or ``at_most`` seconds pass."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most):
-                await self._woken
+
+class Alarms:
+    """Wakes attached sessions when their time comes, up to ``granularity`` seconds
+    late: one event-loop timer per slot of that length, shared by the sessions due
+    in it. (A session woken a little early by the loop's clock just waits again.)"""
+
+    def __init__(self, granularity: float = 0.05) -> None:
+        self._granularity = granularity
+        self._slots: dict[int, dict[Attached, None]] = {}
+
+    def set(self, attached: Attached, at_most: float) -> None:
+        """Wake ``attached`` in ``at_most`` seconds, unless ``cancel`` comes first."""
+        loop = asyncio.get_running_loop()
+        slot = math.ceil((loop.time() + at_most) / self._granularity)
+        due = self._slots.get(slot)
+        if due is None:
+            due = self._slots[slot] = {}
+            loop.call_at(slot * self._granularity, self._ring, slot)
+        due[attached] = None
+        attached.alarm = slot
+
+    def cancel(self, attached: Attached) -> None:
+        due = self._slots.get(attached.alarm)
+        if due is not None:
+            due.pop(attached, None)
+
+    @property
+    def pending(self) -> int:
+        return sum(map(len, self._slots.values()))
+
+    def _ring(self, slot: int) -> None:
+        for attached in self._slots.pop(slot, {}):
+            attached.wake()

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from gateway import wire
 from gateway.cursor import EMPTY, Position
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
-from gateway.fanout import Attached
+from gateway.fanout import Alarms, Attached
 from gateway.items import LogEnd, StoredEvent
 from gateway.metrics import Metrics
 from gateway.store import EventLog, Page
@@ -52,6 +52,7 @@ class ChannelFeed:
         buffer_events: int,
         buffer_bytes: int,
         metrics: Metrics,
+        alarms: Alarms,
     ) -> None:
         self.channel = channel
         self.epoch = start.epoch if start else None
@@ -63,6 +64,7 @@ class ChannelFeed:
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
         self._metrics = metrics
+        self._alarms = alarms
         self._attached: dict[Attached, None] = {}  # sessions it writes to (gateway.fanout)
         self._events: list[StoredEvent] = []
         self._frames: dict[int, tuple[StoredEvent, bytes]] = {}
@@ -164,16 +166,19 @@ class ChannelFeed:
     def wake(self) -> None:
         self._wake.set()
 
-    def attach(self, attached: Attached) -> None:
+    def attach(self, attached: Attached, at_most: float) -> None:
         """Write new events straight to ``attached``'s stream while they follow its
-        position; detach and wake it when they do not, or when the feed fails."""
+        position; detach and wake it when they do not, when the feed fails, or in
+        ``at_most`` seconds (its next heartbeat). The session must ``detach``."""
         if self.failure is not None:
             attached.wake()
         else:
             self._attached[attached] = None
+            self._alarms.set(attached, at_most)
 
     def detach(self, attached: Attached) -> None:
         self._attached.pop(attached, None)
+        self._alarms.cancel(attached)
 
     async def wait(self, at_most: float) -> None:
         """Until new events are buffered, the feed fails, or ``at_most`` seconds pass."""
@@ -339,6 +344,7 @@ class ChannelHub:
         self._buffer_bytes = buffer_bytes
         self._max_feeds = max_feeds
         self._feeds: dict[str, ChannelFeed] = {}
+        self.alarms = Alarms()  # shared by the feeds' attached sessions
 
     @property
     def feeds(self) -> dict[str, ChannelFeed]:
@@ -386,6 +392,7 @@ class ChannelHub:
                 buffer_events=self._buffer_events,
                 buffer_bytes=self._buffer_bytes,
                 metrics=self._metrics,
+                alarms=self.alarms,
             )
             self._feeds[channel] = feed
             feed.start()

@@ -4,66 +4,98 @@ Starlette's ``StreamingResponse`` (on servers speaking ASGI before 2.4, as
 uvicorn's HTTP does) runs each response in an anyio task group with two tasks,
 one streaming and one waiting for the disconnect. An idle SSE connection is
 nothing but that waiting, so this response streams from the request's own task
-and waits for the disconnect in one small task that cancels the stream when the
-client leaves: the session's cleanup (leaving its channel feeds) runs at once,
-not at the next heartbeat, and an idle connection holds a third of the objects.
-Measured in BENCHMARKS.md (idle memory per connection).
+and watches for the disconnect without a task of its own: it steps the
+server's ``receive`` by hand (as ``gateway.fanout`` steps ``send``) and cancels
+the stream when the client leaves, so the session's cleanup (leaving its
+channel feeds) runs at once, not at the next heartbeat. Its headers are the
+same for every stream and built once. Measured in BENCHMARKS.md (idle memory
+per connection).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.fanout import Outlet
 
+_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
 
-class EventStreamResponse(Response):
+
+class EventStreamResponse:
+    """An ASGI response streaming ``body``'s chunks; given the outlet, its session
+    may also have its channel's feed write to the stream (``gateway.fanout``)."""
+
+    __slots__ = ("_make_body",)
+    status_code = 200
     media_type = "text/event-stream"
 
-    def __init__(
-        self, body: Callable[[Outlet], AsyncIterator[bytes]], headers: Mapping[str, str]
-    ) -> None:
-        """``body`` makes the stream's chunks; given the outlet, its session may also
-        have its channel's feed write to the stream (``gateway.fanout``)."""
-        self.status_code = 200
-        self.background = None
-        self.init_headers(headers)  # no body: no Content-Length
+    def __init__(self, body: Callable[[Outlet], AsyncIterator[bytes]]) -> None:
         self._make_body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = asyncio.current_task()
         assert stream is not None
-        gone = asyncio.get_running_loop().create_future()
-        listener = asyncio.create_task(_until_disconnect(receive, gone))
-        listener.add_done_callback(lambda _: gone.done() and stream.cancel())
+        watch = _DisconnectWatch(receive, stream.cancel)
         body = self._make_body(Outlet(send))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            # A list of its own: middleware (CORS) adds headers to it in place.
+            await send({"type": "http.response.start", "status": 200, "headers": [*_HEADERS]})
             async for chunk in body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone.done() or stream.uncancel() > 0:
+            if not watch.gone or stream.uncancel() > 0:
                 raise  # cancelled by the server, not by the client leaving
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-            await _close(body)
+            watch.stop()
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
-async def _until_disconnect(receive: Receive, gone: asyncio.Future[None]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    gone.set_result(None)
+class _DisconnectWatch:
+    """Calls ``on_gone`` once ``receive`` says the client disconnected. Each
+    ``receive`` is run by hand: stepped until it waits, and stepped on when what
+    it waits on is done, with no task (a task per held connection is memory)."""
 
+    __slots__ = ("_coroutine", "_on_gone", "_receive", "gone")
 
-async def _close(body: AsyncIterator[bytes]) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    def __init__(self, receive: Receive, on_gone: Callable[[], object]) -> None:
+        self._receive = receive
+        self._on_gone = on_gone
+        self._coroutine: Any = receive()
+        self.gone = False
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        while self._coroutine is not None:
+            try:
+                waiting_on = self._coroutine.send(None)
+            except StopIteration as done:
+                if done.value["type"] == "http.disconnect":
+                    self._coroutine, self.gone = None, True
+                    self._on_gone()
+                else:
+                    self._coroutine = self._receive()
+                continue
+            except BaseException:  # the server's receive failed: nothing to watch
+                self._coroutine = None
+                return
+            if waiting_on is None:  # a bare yield (sleep(0)): step again soon
+                asyncio.get_running_loop().call_soon(self._step)
+            else:
+                waiting_on.add_done_callback(self._step)
+            return
+
+    def stop(self) -> None:
+        coroutine, self._coroutine = self._coroutine, None
+        if coroutine is not None:
+            coroutine.close()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
-from gateway.fanout import Outlet
+from gateway.fanout import Alarms, Attached, Outlet
 from tests.eventstream import EventStreamParser, read_session
 from tests.servers import GatewayServer, publish
 
@@ -38,6 +38,36 @@ class Socket:
             self.sent.append(message["body"])
         finally:
             self.unwound += 1
+
+
+async def test_alarms_wake_each_session_in_its_slot_not_before_its_time() -> None:
+    loop = asyncio.get_running_loop()
+    alarms = Alarms(granularity=0.05)
+    sessions = [Attached(Outlet(Socket().send), "e", 0) for _ in range(5)]
+    woken_at: dict[int, float] = {}
+    # Sessions due in one slot are woken by its one timer, at once: when the first
+    # of a slot's sessions learns it was woken, so has the other.
+    together: dict[int, bool] = {}
+    pairs = {0: 2, 2: 0, 3: 4, 4: 3}
+    set_at = loop.time()
+    for n, (session, after) in enumerate(zip(sessions, [0.1, 0.1, 0.1, 0.3, 0.3], strict=True)):
+        alarms.set(session, after)
+
+        def woken(_: object, n: int = n) -> None:
+            woken_at[n] = loop.time()
+            together[n] = n not in pairs or sessions[pairs[n]].woken.done()
+
+        session.woken.add_done_callback(woken)
+    alarms.cancel(sessions[1])  # detached before its time
+    assert alarms.pending == 4
+    await asyncio.gather(*(s.woken for n, s in enumerate(sessions) if n != 1))
+    await asyncio.sleep(0)
+    assert sorted(woken_at) == [0, 2, 3, 4] and not sessions[1].woken.done()
+    for n, after in [(0, 0.1), (2, 0.1), (3, 0.3), (4, 0.3)]:
+        assert after <= woken_at[n] - set_at
+    assert all(together.values())
+    assert woken_at[3] - woken_at[0] >= 0.15  # the later slot rang on its own
+    assert alarms.pending == 0
 
 
 async def test_a_send_that_can_write_now_is_done_by_write_itself() -> None:
