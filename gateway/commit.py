@@ -45,15 +45,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from gateway.cursor import new_epoch
-from gateway.dynamodb import store_errors
 from gateway.errors import IdempotencyKeyReused, StoreUnavailable
 from gateway.items import (
-    PARTITION_KEY,
-    SORT_KEY,
-    TTL_ATTRIBUTE,
     Batch,
     IdempotencyRecord,
     LogEnd,
@@ -69,6 +63,7 @@ from gateway.items import (
 )
 from gateway.metrics import Metrics
 from gateway.settings import MAX_BATCH_EVENTS, MAX_ITEM_PAYLOAD_BYTES
+from gateway.writes import put_batch, transact_batch
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -258,7 +253,8 @@ class Appender:
             records_held: list[dict[str, Any] | None] = []
             moved = False
             if not keyed and placement.above is None:
-                taken = await self._put(item)
+                self._stats.writes += 1
+                taken = await put_batch(self._client, self._table, self._metrics, item)
             else:
                 records = [
                     idempotency_record(
@@ -266,8 +262,9 @@ class Appender:
                     )
                     for m, key, share in keyed
                 ]
-                taken, moved, records_held = await self._transact(
-                    item, placement.above, records, now
+                self._stats.writes += 1
+                taken, moved, records_held = await transact_batch(
+                    self._client, self._table, self._metrics, item, placement.above, records, now
                 )
             replays = [
                 (member, decode_idempotency_record(held))
@@ -286,102 +283,3 @@ class Appender:
                 self._stats.conflicts += 1
                 conflicts += 1
                 end = decode_batch(taken).end if taken is not None else await self._log_end(channel)
-
-    async def _put(self, item: dict[str, Any]) -> dict[str, Any] | None:
-        """Put ``item`` into a free slot; returns the item that holds the slot instead,
-        or None when the slot holds ``item`` (written now, or by an earlier attempt
-        whose response was lost)."""
-        self._stats.writes += 1
-        with store_errors(self._table, self._metrics, "put"):
-            try:
-                await self._client.put_item(
-                    TableName=self._table,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(#s)",
-                    ExpressionAttributeNames={"#s": SORT_KEY},
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
-                response: dict[str, Any] = dict(exc.response)
-                existing: dict[str, Any] | None = response.get("Item")
-                if existing is None:
-                    raise
-                return None if existing["wid"] == item["wid"] else existing
-        return None
-
-    async def _transact(
-        self,
-        item: dict[str, Any],
-        above: LogEnd | None,
-        records: list[dict[str, Any]],
-        now: float,
-    ) -> tuple[dict[str, Any] | None, bool, list[dict[str, Any] | None]]:
-        """The batch, the check that the item it opens an epoch above is unchanged,
-        and the idempotency records, in one transaction. Returns the item holding the
-        slot if the slot was taken; whether the item below moved (deleted or
-        replaced: read the end again); and for each record the existing one if its
-        key was taken. (None, False, [None, ...]) when all of it is ours."""
-        self._stats.writes += 1
-        checks: list[Any] = []
-        if above is not None:
-            key = {PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: {"N": str(above.key)}}
-            checks.append(
-                {
-                    "ConditionCheck": {
-                        "TableName": self._table,
-                        "Key": key,
-                        "ConditionExpression": "#w = :w",
-                        "ExpressionAttributeNames": {"#w": "wid"},
-                        "ExpressionAttributeValues": {":w": {"S": above.write_id}},
-                    }
-                }
-            )
-        # An expired record that TTL has not deleted yet no longer counts.
-        transaction: Any = [
-            {
-                "Put": {
-                    "TableName": self._table,
-                    "Item": item,
-                    "ConditionExpression": "attribute_not_exists(#s)",
-                    "ExpressionAttributeNames": {"#s": SORT_KEY},
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            },
-            *checks,
-            *(
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": record,
-                        "ConditionExpression": "attribute_not_exists(#c) OR #e <= :now",
-                        "ExpressionAttributeNames": {"#c": PARTITION_KEY, "#e": TTL_ATTRIBUTE},
-                        "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
-                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                    }
-                }
-                for record in records
-            ),
-        ]
-        mine: list[dict[str, Any] | None] = [None] * len(records)
-        with store_errors(self._table, self._metrics, "transact_write"):
-            try:
-                await self._client.transact_write_items(TransactItems=transaction)
-            except ClientError as exc:
-                response: dict[str, Any] = dict(exc.response)
-                if response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                    raise
-                # One reason per item, in order: the slot's, the check's, each record's.
-                reasons = response.get("CancellationReasons", [])
-                failed = [
-                    i < len(reasons) and reasons[i].get("Code") == "ConditionalCheckFailed"
-                    for i in range(len(transaction))
-                ]
-                if not any(failed):
-                    raise  # a conflict or throttling, not a condition: unavailable
-                held = [reasons[i].get("Item") if failed[i] else None for i in range(len(failed))]
-                if any(x is not None and x.get("wid") == item["wid"] for x in held):
-                    return None, False, mine  # an earlier attempt of ours landed
-                return held[0], any(failed[1 : 1 + len(checks)]), held[1 + len(checks) :]
-        return None, False, mine
