@@ -123,11 +123,9 @@ class ChannelFeed:
         if head is None:
             return at == 0
         if head.epoch == self.epoch:
-            return head.last >= at or not self._end_may_be_gone()
+            newest = self._end_expires_at
+            return head.last >= at or (newest is not None and not self._store.has_expired(newest))
         return head.since > at
-
-    def _end_may_be_gone(self) -> bool:
-        return self._end_expires_at is None or self._store.has_expired(self._end_expires_at)
 
     @property
     def buffered_bytes(self) -> int:

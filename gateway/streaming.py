@@ -34,8 +34,6 @@ class EventStreamResponse:
     may also have its channel's feed write to the stream (``gateway.fanout``)."""
 
     __slots__ = ("_make_body",)
-    status_code = 200
-    media_type = "text/event-stream"
 
     def __init__(self, body: Callable[[Outlet], AsyncIterator[bytes]]) -> None:
         self._make_body = body
@@ -86,7 +84,7 @@ class _DisconnectWatch:
                 else:
                     self._coroutine = self._receive()
                 continue
-            except BaseException:  # the server's receive failed: nothing to watch
+            except (Exception, asyncio.CancelledError):  # receive failed: nothing to watch
                 self._coroutine = None
                 return
             if waiting_on is None:  # a bare yield (sleep(0)): step again soon
