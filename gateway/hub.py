@@ -342,7 +342,7 @@ class ChannelHub:
         self._buffer_bytes = buffer_bytes
         self._max_feeds = max_feeds
         self._feeds: dict[str, ChannelFeed] = {}
-        self.alarms = Alarms()  # shared by the feeds' attached sessions
+        self._alarms = Alarms()  # shared by the feeds' attached sessions
 
     @property
     def feeds(self) -> dict[str, ChannelFeed]:
@@ -390,7 +390,7 @@ class ChannelHub:
                 buffer_events=self._buffer_events,
                 buffer_bytes=self._buffer_bytes,
                 metrics=self._metrics,
-                alarms=self.alarms,
+                alarms=self._alarms,
             )
             self._feeds[channel] = feed
             feed.start()
