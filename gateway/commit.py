@@ -225,8 +225,7 @@ class Appender:
     async def _write(self, channel: str, group: list[_Append], state: _Channel) -> None:
         """Write ``group`` as one item at the log's end and answer each member."""
         end = state.end
-        if end is None or not end.trusted(self._clock(), self._write_window):
-            end = await self._log_end(channel)
+        stale = end is None or not end.trusted(self._clock(), self._write_window)
         write_id = uuid.uuid4().hex
         conflicts = 0
         while group:
@@ -234,8 +233,8 @@ class Appender:
                 raise StoreUnavailable(
                     f"channel {channel!r} is under heavy concurrent publishing; retry the publish"
                 )
-            if conflicts and conflicts % _PROBES_BEFORE_REQUERY == 0:
-                end = await self._log_end(channel)
+            if stale:
+                end, stale = await self._log_end(channel), False
             now = self._clock()
             placement = place(end, now=now, retention=self._retention, new_epoch=new_epoch)
             batch = Batch(
@@ -282,4 +281,8 @@ class Appender:
             if taken is not None or moved:
                 self._stats.conflicts += 1
                 conflicts += 1
-                end = decode_batch(taken).end if taken is not None else await self._log_end(channel)
+                if taken is not None:
+                    end = decode_batch(taken).end
+                # The item an epoch was to open above moved, or another process is
+                # far ahead: read the end rather than probe on.
+                stale = moved or conflicts % _PROBES_BEFORE_REQUERY == 0

@@ -86,8 +86,6 @@ class EventLog:
     ) -> None:
         self._client = client
         self._table = table_name
-        self._retention = retention_seconds
-        self._write_window = write_window_seconds
         self._clock = clock
         self.stats = StoreStats()
         self._metrics = metrics if metrics is not None else Metrics()
