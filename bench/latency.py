@@ -6,6 +6,11 @@ Scenarios: 1, 100 and 1000 subscribers on one channel, 100 channels x 10. The
 gateway runs twice, on asyncio + h11 (uvicorn's pure-Python stack) and on
 uvloop + httptools (its default when installed).
 
+The floor of any design that stores an event before delivering it: nchan, each
+event first appended to the log by this process through the Python API (the
+same conditional put on the same store as the gateway's). The gateway's ratio
+to it is what the gateway adds; its ratio to nchan is what the store costs.
+
     .venv/bin/python -m bench.latency          # writes bench/results/latency.json
                                                # and bench/latency.png
 
@@ -20,7 +25,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -37,6 +43,12 @@ from bench.common import (
     raise_fd_limit,
     write_result,
 )
+from gateway.dynamodb import open_dynamodb
+from gateway.items import NewEvent
+from gateway.settings import Settings
+from gateway.store import EventLog
+from infra.local import local_session
+from infra.table import ensure_table
 
 SCENARIOS = ["1x1", "100x1", "1000x1", "10x100"]  # subscribers per channel x channels
 
@@ -109,15 +121,32 @@ async def measure(
     }
 
 
-@contextlib.contextmanager
-def targets(
+@contextlib.asynccontextmanager
+async def stored_first(hub: Target, dynamodb: str) -> AsyncIterator[Target]:
+    """``hub`` (nchan), each event appended to the log before it is published."""
+    settings = Settings(table_name=f"bench-floor-{time.time_ns()}", dynamodb_endpoint_url=dynamodb)
+    async with open_dynamodb(settings, local_session()) as dynamo:
+        await ensure_table(dynamo, settings.table_name)
+        log = EventLog.for_settings(dynamo, settings)
+
+        async def publish(
+            client: httpx.AsyncClient, channel: str, data: dict[str, object]
+        ) -> object:
+            await log.append(channel, [NewEvent(json.dumps(data))])
+            return await hub.publish(client, channel, data)
+
+        yield replace(hub, name="nchan, stored first", publish=publish)
+
+
+@contextlib.asynccontextmanager
+async def targets(
     dynamodb: str, with_nchan: bool, baseline: str | None
-) -> Iterator[list[tuple[str, Target, Target]]]:
+) -> AsyncIterator[list[tuple[str, Target, Target]]]:
     """(label, where subscribers connect, where events are published)."""
     table = f"bench-latency-{time.time_ns()}"
     # A publish through another process (a separate publish Lambda) reaches the
     # subscribers' process through the log: its tail loop's next poll.
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         plain = stack.enter_context(
             gateway(dynamodb, args=["--loop", "asyncio", "--http", "h11"], table_name=table)
         )
@@ -135,7 +164,11 @@ def targets(
             found.append((f"sse-gateway {baseline}, uvloop + httptools", old, old))
         if with_nchan:
             hub = stack.enter_context(nchan())
-            found.append(("nchan", hub, hub))
+            floor = await stack.enter_async_context(stored_first(hub, dynamodb))
+            found += [
+                ("nchan", hub, hub),
+                ("nchan, each event first appended to the log", floor, floor),
+            ]
         yield found
 
 
@@ -179,16 +212,23 @@ async def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     rows = []
-    with moto_server() as moto, targets(moto.url, not args.no_nchan, args.baseline) as servers:
-        for scenario in args.scenarios:
-            per_channel, channels = map(int, scenario.split("x"))
-            for label, subscribed, published in servers:
-                row = await measure(
-                    subscribed, per_channel, channels, args.events, args.rate, published, moto.pid
-                )
-                row["target"] = label
-                rows.append(row)
-                print(json.dumps(row))
+    with moto_server() as moto:
+        async with targets(moto.url, not args.no_nchan, args.baseline) as servers:
+            for scenario in args.scenarios:
+                per_channel, channels = map(int, scenario.split("x"))
+                for label, subscribed, published in servers:
+                    row = await measure(
+                        subscribed,
+                        per_channel,
+                        channels,
+                        args.events,
+                        args.rate,
+                        published,
+                        moto.pid,
+                    )
+                    row["target"] = label
+                    rows.append(row)
+                    print(json.dumps(row))
     write_result("latency", {"events": args.events, "rate": args.rate, "rows": rows})
     plot(rows, args.scenarios, Path(__file__).parent / "latency.png")
 
