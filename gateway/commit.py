@@ -251,8 +251,8 @@ class Appender:
             ]
             records_held: list[dict[str, Any] | None] = []
             moved = False
+            self._stats.writes += 1
             if not keyed and placement.above is None:
-                self._stats.writes += 1
                 taken = await put_batch(self._client, self._table, self._metrics, item)
             else:
                 records = [
@@ -261,7 +261,6 @@ class Appender:
                     )
                     for m, key, share in keyed
                 ]
-                self._stats.writes += 1
                 taken, moved, records_held = await transact_batch(
                     self._client, self._table, self._metrics, item, placement.above, records, now
                 )
