@@ -151,14 +151,16 @@ class EventSourceClient:
     session ends it waits ``retry:`` and resumes with ``Last-Event-ID``; a refused
     or cut connection is retried the same way (a non-200 answer is a failure)."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str, *, retry_ms: int = 1000) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, url: str, *, retry_ms: int = 1000, last_event_id: str = ""
+    ) -> None:
         self.events: list[MessageEvent] = []
         self.sessions_ended = 0  # the server closed the stream cleanly
         self.network_errors = 0  # refused, reset or cut mid-stream
         self._client = client
         self._url = url
         self._retry_ms = retry_ms
-        self._last_event_id = ""
+        self._last_event_id = last_event_id  # as an EventSource that has been connected
 
     async def run(
         self, until: Callable[[list[MessageEvent]], bool], *, max_connections: int = 200

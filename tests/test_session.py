@@ -336,8 +336,10 @@ async def test_an_idle_session_ends_early_with_the_idle_retry_and_loses_nothing(
     idle = await read_session(http, url)
     assert (idle.events, idle.retry) == ([], 300)
     assert time.monotonic() - started < 10  # released, not held for 30 s
-    # Events published while the browser stays away arrive on its return, once each.
-    client = EventSourceClient(http, url)
+    # Events published while the browser stays away arrive on its return, once each:
+    # it resumes from the position the idle session pinned (a fresh EventSource would
+    # start at the head, after whatever was published while it connected).
+    client = EventSourceClient(http, url, last_event_id=idle.last_event_id)
     reading = asyncio.create_task(client.run(lambda events: len(events) == 6))
     ids = []
     for n in range(6):
