@@ -43,8 +43,27 @@ class Position:
 EMPTY = Position(None, 0)
 
 
-def new_epoch() -> str:
-    return secrets.token_hex(4)
+# An epoch's first three hex digits are its fingerprint in a composite cursor
+# (``gateway.composite``), where an entry has room for 12 bits of it.
+FINGERPRINT_DIGITS = 3
+
+
+def fingerprint(epoch: str) -> int:
+    return int(epoch[:FINGERPRINT_DIGITS], 16)
+
+
+def new_epoch(above: str | None = None) -> str:
+    """A name for a new incarnation of a log. One that opens above an item of epoch
+    ``above`` takes the next fingerprint after that epoch's, so the epochs of one
+    chain of openings never share a fingerprint (fewer than 4096 of them, each
+    opened only after the previous one's newest item expired): a composite cursor
+    of an older epoch can never pass for the current one. A log that starts from
+    nothing (a purge) gets a random one."""
+    if above is None:
+        return secrets.token_hex(4)
+    successor = (fingerprint(above) + 1) % 16**FINGERPRINT_DIGITS
+    random_digits = secrets.token_hex(4)[FINGERPRINT_DIGITS:]
+    return f"{successor:0{FINGERPRINT_DIGITS}x}{random_digits}"
 
 
 def parse_event_id(text: str) -> Position | None:

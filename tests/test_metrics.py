@@ -69,7 +69,13 @@ async def scrape_until(
     return samples
 
 
-ZERO_STORE_ERRORS = {"throttled": 0, "unavailable": 0, "misconfigured": 0, "rejected": 0}
+ZERO_STORE_ERRORS = {
+    "throttled": 0,
+    "unavailable": 0,
+    "conflict": 0,
+    "misconfigured": 0,
+    "unknown": 0,
+}
 
 
 async def test_metrics_count_publishes_and_store_calls_exactly(
