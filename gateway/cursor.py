@@ -85,11 +85,19 @@ class ResetReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Where a session begins and what it must tell the client first."""
+    """Where a session begins and what it must tell the client first. ``held`` is
+    the position the client holds until it gets that reset: its own, when it is
+    one of ours, else ``EMPTY`` (no id may claim what the client has not seen)."""
 
     cursor: Position
     fresh: bool = False
     reset: ResetReason | None = None
+    held: Position = EMPTY
+
+    @property
+    def client_position(self) -> Position:
+        """The client's position before the session's first frame."""
+        return self.cursor if self.reset is None else self.held
 
 
 def resolve_start(last_event_id: str | None, head: Position, since: int = 1) -> Start:
@@ -110,17 +118,18 @@ def resolve_position(requested: Position, head: Position, since: int = 1) -> Sta
         # to it (and step() tells it what expired unseen).
         return Start(EMPTY)
     if head.epoch is None:
-        return Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED)
+        return Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED, held=requested)
     if requested.epoch == head.epoch:
         if requested.seq > head.seq:
-            return Start(head, reset=ResetReason.AHEAD_OF_LOG)
+            return Start(head, reset=ResetReason.AHEAD_OF_LOG, held=requested)
         return Start(requested)
     if requested.seq < since:
         # The current epoch began above the position: read on from it, so no live
         # event in between is skipped; step() says what was lost on the way.
         return Start(requested)
     # The channel was purged and started over: its new incarnation is all new.
-    return Start(Position(head.epoch, since - 1), reset=ResetReason.NEW_INCARNATION)
+    restarted = Position(head.epoch, since - 1)
+    return Start(restarted, reset=ResetReason.NEW_INCARNATION, held=requested)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,9 +125,10 @@ class FaultProxy:
 
     ``refuse``: connections are closed at once. ``stall``: requests reach the
     proxy and are never answered (a hung DynamoDB). ``split_transactions``: a
-    ``TransactWriteItems`` is applied one ``PutItem`` at a time, last item first,
-    ``split_pause`` seconds apart, which is what a ``Query`` may observe of a
-    transaction in DynamoDB (read-committed isolation, not serializable).
+    ``TransactWriteItems`` is applied its checks first, then one ``PutItem`` at a
+    time, last item first, ``split_pause`` seconds apart, which is what a
+    ``Query`` may observe of a transaction in DynamoDB (read-committed
+    isolation, not serializable; the gateway's checks only ever test ``wid``).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -241,23 +242,30 @@ class FaultProxy:
         return response
 
     async def _apply_one_by_one(self, head: bytes, body: bytes) -> bytes:
-        """Each ``Put`` of a transaction as its own ``PutItem``, last first; answers
-        the transaction's success, or the first failure."""
-        puts = [entry["Put"] for entry in json.loads(body)["TransactItems"]]
+        """Each ``ConditionCheck`` of a transaction first (as an ``UpdateItem`` that
+        rewrites the attribute it checks on that condition), then each ``Put`` as
+        its own ``PutItem``, last first; answers the transaction's success, or the
+        first failure."""
+        entries = json.loads(body)["TransactItems"]
+        checks = [entry["ConditionCheck"] for entry in entries if "ConditionCheck" in entry]
+        puts = [entry["Put"] for entry in entries if "Put" in entry]
         lines = [
             line
             for line in head.decode("latin-1").split("\r\n")
             if line and not line.lower().startswith(("x-amz-target:", "content-length:"))
         ]
-        for index, put in enumerate(reversed(puts)):
+        requests = [
+            ("UpdateItem", {**check, "UpdateExpression": "SET #w = :w"}) for check in checks
+        ] + [("PutItem", put) for put in reversed(puts)]
+        for index, (operation, request) in enumerate(requests):
             if index:
                 await asyncio.sleep(self.split_pause)
-            put.pop("ReturnValuesOnConditionCheckFailure", None)
-            payload = json.dumps(put).encode()
+            request.pop("ReturnValuesOnConditionCheckFailure", None)
+            payload = json.dumps(request).encode()
             request_head = "\r\n".join(
                 [
                     *lines,
-                    "X-Amz-Target: DynamoDB_20120810.PutItem",
+                    f"X-Amz-Target: DynamoDB_20120810.{operation}",
                     f"Content-Length: {len(payload)}",
                 ]
             )
