@@ -99,14 +99,22 @@ class GatewayServer:
             await serving
 
 
-_THROTTLED_BODY = (
-    b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",'
-    b'"message":"The level of configured provisioned throughput for the table was exceeded."}'
+def dynamodb_error(code: str, message: str, **fields: Any) -> bytes:
+    """DynamoDB's answer with error ``code`` (and ``CancellationReasons``, say), as
+    the service sends it: status 400, the code in ``__type``."""
+    body = json.dumps(
+        {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message, **fields}
+    ).encode()
+    return (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+
+
+_THROTTLED = dynamodb_error(
+    "ProvisionedThroughputExceededException",
+    "The level of configured provisioned throughput for the table was exceeded.",
 )
-_THROTTLED = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_THROTTLED_BODY)
-) + _THROTTLED_BODY
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,7 @@ class FaultProxy:
         self.split_transactions = False
         self.split_pause = 0.3
         self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
-        self._throttle_next: list[str] = []  # ... to answer with a throttling error
+        self._fail_next: list[tuple[str, bytes]] = []  # ... to answer with an error
         self._delays: dict[str, float] = {}  # X-Amz-Target operation: seconds its answers wait
         self._holds: dict[str, Hold] = {}
         self.seen: list[str] = []
@@ -179,7 +187,15 @@ class FaultProxy:
 
     def throttle(self, operation: str, times: int) -> None:
         """The next ``times`` ``operation`` requests get DynamoDB's throttling answer."""
-        self._throttle_next.extend([operation] * times)
+        self.fail(operation, _THROTTLED, times)
+
+    def fail(self, operation: str, answer: bytes, times: int = 1) -> None:
+        """The next ``times`` ``operation`` requests get ``answer`` (see
+        ``dynamodb_error``) and never reach DynamoDB: errors moto never gives."""
+        self._fail_next.extend([(operation, answer)] * times)
+
+    def clear_failures(self) -> None:
+        self._fail_next.clear()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -207,9 +223,10 @@ class FaultProxy:
             if self.stall:
                 await reader.read()  # until the client gives up and closes
                 return
-            if target in self._throttle_next:
-                self._throttle_next.remove(target)
-                writer.write(_THROTTLED)
+            failing = next((f for f in self._fail_next if f[0] == target), None)
+            if failing is not None:
+                self._fail_next.remove(failing)
+                writer.write(failing[1])
                 await writer.drain()
                 return
             if target == "transactwriteitems" and self.split_transactions:
