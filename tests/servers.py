@@ -357,3 +357,12 @@ async def publish(
     assert response.status_code == 201, response.text
     ids: list[str] = response.json()["ids"]
     return ids
+
+
+def dynamodb_answer(body: dict[str, Any]) -> bytes:
+    """A successful DynamoDB answer with ``body``, as the service sends it."""
+    payload = json.dumps(body).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(payload)
+    ) + payload
