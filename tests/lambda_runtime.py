@@ -370,7 +370,7 @@ class RuntimeAPIEmulator:
             if not invocation.future.done():  # a test that gave up waiting cancelled it
                 invocation.future.set_result(outcome)
         if outcome.answered in _REFUSALS:
-            path = f"/invocation/{request_id}/{kind}"
+            path = f"/2018-06-01/runtime/invocation/{request_id}/{kind}"
             await refuse(path, outcome.answered, _REFUSALS[outcome.answered])
             return
         answer = b'{"status":"OK"}' if outcome.answered == 202 else b'{"errorMessage":"fault"}'
