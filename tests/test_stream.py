@@ -23,7 +23,7 @@ from gateway.store import EventLog
 from tests.cloudwatch import datapoints, total
 from tests.eventstream import EventStreamParser, MessageEvent
 from tests.lambda_events import load_event
-from tests.lambda_runtime import DROP, Outcome, RuntimeAPIEmulator
+from tests.lambda_runtime import DROP, MAX_STREAMED_BYTES, Outcome, RuntimeAPIEmulator
 from tests.servers import FaultProxy
 
 OpenLog = Callable[..., AbstractAsyncContextManager[EventLog]]
@@ -521,7 +521,7 @@ async def test_stream_ends_a_session_the_runtime_api_cuts_short_at_once(
         outcome = await asyncio.wait_for(pending, 2 * timeout)
         await emulator.wait_until(lambda: emulator.polling == 1)
         back_at_next = asyncio.get_running_loop().time()  # time.monotonic, as the deadline
-        emulator.max_streamed_bytes = 200 * 1024 * 1024
+        emulator.max_streamed_bytes = MAX_STREAMED_BYTES
         after = await asyncio.wait_for(emulator.invoke(load_event("healthz"), 5), 20)
         refusals = emulator.take_refusals()
 
