@@ -103,7 +103,11 @@ HEAD = Position("abcdef01", 50)
     [
         # the same epoch: resume after the position, or say it is ahead of the log
         (Entry(0xABC, 40), 1, Start(Position("abcdef01", 40))),
-        (Entry(0xABC, 60), 1, Start(HEAD, reset=ResetReason.AHEAD_OF_LOG)),
+        (
+            Entry(0xABC, 60),
+            1,
+            Start(HEAD, reset=ResetReason.AHEAD_OF_LOG, held=Position("abcdef01", 60)),
+        ),
         # another epoch that the current one began after: read on from the position
         (Entry(0x123, 30), 41, Start(Position("~123", 30))),
         # a fingerprint that matches below where the epoch began is another epoch too
@@ -112,7 +116,11 @@ HEAD = Position("abcdef01", 50)
         (
             Entry(0x123, 45),
             41,
-            Start(Position("abcdef01", 40), reset=ResetReason.NEW_INCARNATION),
+            Start(
+                Position("abcdef01", 40),
+                reset=ResetReason.NEW_INCARNATION,
+                held=Position("~123", 45),
+            ),
         ),
         (Entry(None, 0), 1, Start(EMPTY)),
     ],
