@@ -126,6 +126,21 @@ class Hold:
     released: threading.Event
 
 
+@dataclass(frozen=True)
+class Traced:
+    operation: str  # the X-Amz-Target operation, lower case
+    trace_id: str | None
+    body: bytes
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
+
+
 class FaultProxy:
     """A TCP proxy to DynamoDB that carries one request per connection (it asks
     the store to close after answering, and closes too), which makes
@@ -151,6 +166,7 @@ class FaultProxy:
         self._delays: dict[str, float] = {}  # X-Amz-Target operation: seconds its answers wait
         self._holds: dict[str, Hold] = {}
         self.seen: list[str] = []
+        self.traced: list[Traced] = []  # every request, with its X-Amzn-Trace-Id
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -220,6 +236,7 @@ class FaultProxy:
                     target = line.split(".", 1)[-1].strip()
             body = await reader.readexactly(length)
             self.seen.append(target)
+            self.traced.append(Traced(target, _header(head, b"x-amzn-trace-id"), body))
             if self.stall:
                 await reader.read()  # until the client gives up and closes
                 return
