@@ -80,8 +80,10 @@ def units(operation: str, params: dict[str, Any], items: dict[tuple[str, str], i
     return 0
 
 
-async def measure(endpoint: str) -> dict[str, Any]:
-    """Each scenario on a table of its own: appends, requests by kind, write units."""
+async def scenario(
+    endpoint: str, table: str, publishers: int, each: int, size: int, keyed: bool
+) -> dict[str, Any]:
+    """One scenario on a table of its own: appends, requests by kind, write units."""
     from gateway.dynamodb import open_dynamodb
     from gateway.items import NewEvent
     from gateway.settings import Settings
@@ -89,38 +91,43 @@ async def measure(endpoint: str) -> dict[str, Any]:
     from infra.local import local_session
     from infra.table import ensure_table
 
-    results: dict[str, Any] = {}
-    for index, (name, (publishers, each, size, keyed)) in enumerate(SCENARIOS.items()):
-        table = f"bench-units-{index}-{asyncio.get_running_loop().time():.0f}"
-        settings = Settings(table_name=table, dynamodb_endpoint_url=endpoint)
-        async with open_dynamodb(settings, local_session()) as client:
-            await ensure_table(client, table)
-            requests: dict[str, int] = {}
-            billed = [0]
-            sizes: dict[tuple[str, str], int] = {}
+    settings = Settings(table_name=table, dynamodb_endpoint_url=endpoint)
+    requests: dict[str, int] = {}
+    billed = 0
+    sizes: dict[tuple[str, str], int] = {}
 
-            def record(model: Any, params: dict[str, Any], **_: Any) -> None:
-                requests[model.name] = requests.get(model.name, 0) + 1
-                billed[0] += units(model.name, params, sizes)
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        nonlocal billed
+        requests[model.name] = requests.get(model.name, 0) + 1
+        billed += units(model.name, params, sizes)
 
-            client.meta.events.register("before-parameter-build.dynamodb", record)
-            log = EventLog.for_settings(client, settings)
+    async with open_dynamodb(settings, local_session()) as client:
+        await ensure_table(client, table)
+        client.meta.events.register("before-parameter-build.dynamodb", record)
+        log = EventLog.for_settings(client, settings)
 
-            async def publisher(n: int, log: EventLog = log) -> None:
-                for i in range(each):
-                    events = [NewEvent(EVENT) for _ in range(size)]
-                    await log.append("c", events, idempotency_key=f"{n}-{i}" if keyed else None)
+        async def publisher(n: int) -> None:
+            for i in range(each):
+                events = [NewEvent(EVENT) for _ in range(size)]
+                await log.append("c", events, idempotency_key=f"{n}-{i}" if keyed else None)
 
-            await asyncio.gather(*map(publisher, range(publishers)))
-            appends = publishers * each
-            results[name] = {
-                "appends": appends,
-                "events": appends * size,
-                "requests": requests,
-                "write_units": billed[0],
-                "write_units_per_append": round(billed[0] / appends, 2),
-            }
-    return results
+        await asyncio.gather(*map(publisher, range(publishers)))
+    appends = publishers * each
+    return {
+        "appends": appends,
+        "events": appends * size,
+        "requests": requests,
+        "write_units": billed,
+        "write_units_per_append": round(billed / appends, 2),
+    }
+
+
+async def measure(endpoint: str) -> dict[str, Any]:
+    stamp = f"{asyncio.get_running_loop().time():.0f}"
+    return {
+        name: await scenario(endpoint, f"bench-units-{index}-{stamp}", *shape)
+        for index, (name, shape) in enumerate(SCENARIOS.items())
+    }
 
 
 def run(endpoint: str, source: Any) -> dict[str, Any]:
