@@ -5,6 +5,13 @@ validation error into one that names the variable, and an ``SSE_GATEWAY_*``
 variable that is no setting stops the start too, naming the closest setting: a
 typo in a deployment fails at start with a message the operator can act on,
 rather than leaving a default silently in force.
+
+No error prints a secret: pydantic's errors carry the input (a model-level
+error all of it), so ``load_settings`` shows the input only of fields that are
+not ``SecretStr``, never chains pydantic's error (a traceback would print it),
+and a public key is parsed here, at start, rather than at the first token.
+A secret kept in AWS (``AUTH_SECRET_ARN``) is fetched by ``load_settings``,
+once per start (``gateway/secrets.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal, Self
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -22,6 +31,7 @@ from pydantic_settings import (
 )
 
 from gateway.errors import SettingsError
+from gateway.secrets import fetch_secret
 
 ENV_PREFIX = "SSE_GATEWAY_"
 # Set by Lambda for a runtime, not by an operator: read under their own names.
@@ -155,6 +165,13 @@ class Settings(BaseSettings):
     auth_secret: SecretStr | None = Field(
         None, description="HS256 secret for JWT channel grants, 32+ characters; unset: auth off"
     )
+    auth_secret_arn: str | None = Field(
+        None,
+        pattern=r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:"
+        r"|ssm:[a-z0-9-]+:[0-9]{12}:parameter/).+$",
+        description="the HS256 secret from AWS instead: a Secrets Manager secret's ARN "
+        "(its SecretString) or an SSM SecureString parameter's ARN, read once at start",
+    )
     auth_public_key: str | None = Field(
         None, description="PEM public key for RS256/ES256 tokens instead of the secret"
     )
@@ -225,23 +242,29 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return self.auth_secret is not None or self.auth_public_key is not None
+        keys = (self.auth_secret, self.auth_secret_arn, self.auth_public_key)
+        return any(key is not None for key in keys)
 
     @model_validator(mode="after")
     def _auth_key_matches_algorithm(self) -> Self:
-        if self.auth_secret is not None and self.auth_public_key is not None:
-            raise ValueError(
-                f"set {ENV_PREFIX}AUTH_SECRET (HS256) or {ENV_PREFIX}AUTH_PUBLIC_KEY "
-                "(RS256/ES256), not both"
-            )
-        if self.auth_secret is not None and self.auth_algorithm != "HS256":
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET goes with {ENV_PREFIX}AUTH_ALGORITHM=HS256")
+        keys = {
+            f"{ENV_PREFIX}AUTH_SECRET": self.auth_secret,
+            f"{ENV_PREFIX}AUTH_SECRET_ARN": self.auth_secret_arn,
+            f"{ENV_PREFIX}AUTH_PUBLIC_KEY": self.auth_public_key,
+        }
+        chosen = [variable for variable, key in keys.items() if key is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set one of {', '.join(keys)}, not {' and '.join(chosen)}")
+        if self.auth_public_key is None and chosen and self.auth_algorithm != "HS256":
+            raise ValueError(f"{chosen[0]} goes with {ENV_PREFIX}AUTH_ALGORITHM=HS256")
         if self.auth_public_key is not None and self.auth_algorithm == "HS256":
             raise ValueError(
                 f"{ENV_PREFIX}AUTH_PUBLIC_KEY needs {ENV_PREFIX}AUTH_ALGORITHM=RS256 or ES256"
             )
-        if self.auth_secret is not None and len(self.auth_secret.get_secret_value()) < 32:
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET must be at least 32 characters")
+        if self.auth_secret is not None:
+            check_secret_length(self.auth_secret.get_secret_value(), f"{ENV_PREFIX}AUTH_SECRET")
+        if self.auth_public_key is not None:
+            _check_public_key(self.auth_public_key, self.auth_algorithm)
         return self
 
     @property
@@ -276,10 +299,38 @@ class Settings(BaseSettings):
         return self
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with explicit ``overrides`` taking precedence."""
+def check_secret_length(secret: str, variable: str) -> None:
+    # RFC 7518 asks HS256 keys for at least 256 bits.
+    if len(secret) < 32:
+        raise ValueError(f"{variable} must be at least 32 characters")
+
+
+def _check_public_key(pem: str, algorithm: str) -> None:
+    variable = f"{ENV_PREFIX}AUTH_PUBLIC_KEY"
     try:
-        return Settings(**overrides)
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{variable} is not a PEM public key (-----BEGIN PUBLIC KEY-----...): {exc}"
+        ) from None
+    wanted = rsa.RSAPublicKey if algorithm == "RS256" else ec.EllipticCurvePublicKey
+    if not isinstance(key, wanted):
+        raise ValueError(f"{variable} holds no {wanted.__name__} for {algorithm}")
+
+
+def _is_secret(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    return info is not None and SecretStr in (
+        info.annotation,
+        *getattr(info.annotation, "__args__", ()),
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit ``overrides`` taking precedence,
+    and the secret at ``AUTH_SECRET_ARN`` fetched."""
+    try:
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -288,8 +339,21 @@ def load_settings(**overrides: Any) -> Settings:
                 name = f"{ENV_PREFIX}{field.upper()}"
             else:  # a variable read under its own name (AWS_LAMBDA_*), or the whole model
                 name = field or "settings"
-            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
+            # A model-level error's input is every setting, secrets included.
+            shown = error["loc"] and not _is_secret(str(error["loc"][0]))
+            got = f" (got {error.get('input')!r})" if shown else ""
+            problems.append(f"{name}: {error['msg']}{got}")
+        # Not chained: pydantic's own message would print the inputs in a traceback.
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    if settings.auth_secret_arn is None:
+        return settings
+    variable = f"{ENV_PREFIX}AUTH_SECRET_ARN"
+    secret = fetch_secret(settings.auth_secret_arn, variable)
+    try:
+        check_secret_length(secret, f"the secret at {variable}")
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    return settings.model_copy(update={"auth_secret": SecretStr(secret)})
 
 
 def runtime_api_address() -> str | None:
