@@ -27,7 +27,7 @@ from typing import Any
 import botocore.session
 
 from gateway.items import NewEvent
-from gateway.publisher import Publisher
+from gateway.publisher import open_publisher
 from gateway.settings import Settings
 from gateway.store import EventLog
 from handlers.publish import PublishFunction
@@ -125,14 +125,13 @@ def record_publish_function(
 
 
 async def record_publisher(
-    proxy: FaultProxy, settings: Settings, open_log: OpenLog, open_publisher: Any
+    proxy: FaultProxy, settings: Settings, open_log: OpenLog
 ) -> list[tuple[str, bytes]]:
     """``open_publisher``, as a user's own service calls it."""
     await seed(open_log, "stale:1", expired=True)
     own = settings.model_copy(
         update={"dynamodb_endpoint_url": proxy.url, "retention_seconds": RETENTION_SECONDS}
     )
-    publisher: Publisher
     async with open_publisher(own, local_session()) as publisher:
         await publisher.publish("orders:42", {"status": "paid"})
         await publisher.publish_many("orders:42", [{"data": 1}, {"data": 2, "event": "n"}])

@@ -560,7 +560,10 @@ def test_template_caps_each_standard_function_by_reserved_concurrency(
 ) -> None:
     spec = template["Parameters"][parameter]
     default = int(spec["Default"])
-    assert default > 0 and f"{default}" in (ROOT / "README.md").read_text()
+    assert default > 0
+    assert f"`{parameter}` (default {default})" in " ".join(
+        (ROOT / "README.md").read_text().split()
+    )
     expression = _function(template, name)["ReservedConcurrentExecutions"]
     assert _evaluate(expression, _parameters(template), template) == str(default)
     unset = _evaluate(expression, _parameters(template, **{parameter: ""}), template)
@@ -594,3 +597,17 @@ def test_template_asks_for_the_allowed_origins_and_warns_of_a_wildcard(
         parameters = _parameters(template, AllowedOrigins=origins)
         assert _evaluate({"Condition": warning["Condition"]}, parameters, template) is warned
     assert "WARNING" in warning["Value"] and "AllowedOrigins" in warning["Value"]
+
+
+def test_the_readmes_deploy_names_the_templates_parameters_and_outputs(
+    template: dict[str, Any],
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## On AWS Lambda") : readme.index("### What it costs")]
+    overrides = set(re.findall(r"\b([A-Z][a-z][A-Za-z]+)=", section))
+    assert {"AuthSecretArn", "AllowedOrigins", "DeploymentMode"} <= overrides
+    assert overrides <= set(template["Parameters"]), overrides - set(template["Parameters"])
+    outputs = re.search(r"The outputs are (.*?)\. ", " ".join(section.split()))
+    assert outputs is not None
+    listed = re.sub(r"\([^)]*\)", "", outputs[1])  # not what an aside names
+    assert set(re.findall(r"`([A-Za-z]+)`", listed)) == set(template["Outputs"])
