@@ -127,7 +127,7 @@ def test_template_publish_role_grants_exactly_what_the_publish_function_does(
     settings = make_settings()
     requests = record_publish_function(fault_proxy, settings, open_log, monkeypatch.setenv)
     used = iam_actions(requests, settings.table_name)
-    # The paths were driven: an epoch above an expired item checks it in a transaction.
+    # The paths were driven: an append checks the item it follows in a transaction.
     assert "dynamodb:ConditionCheckItem" in used
     assert _dynamodb_grants(_function(template, "PublishFunction"), template) == used
 
