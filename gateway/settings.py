@@ -9,9 +9,9 @@ rather than leaving a default silently in force.
 No error prints a secret: pydantic's errors carry the input (a model-level
 error all of it), so ``load_settings`` shows the input only of fields that are
 not ``SecretStr``, never chains pydantic's error (a traceback would print it),
-and a public key is parsed here, at start, rather than at the first token.
-A secret kept in AWS (``AUTH_SECRET_ARN``) is fetched by ``load_settings``,
-once per start (``gateway/secrets.py``).
+and keys are checked here, at start, rather than at the first token. A
+secret kept in AWS (``AUTH_SECRET_ARN``) is fetched by ``load_settings``, once
+per start (``gateway/keys.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal, Self
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -31,7 +29,7 @@ from pydantic_settings import (
 )
 
 from gateway.errors import SettingsError
-from gateway.secrets import fetch_secret
+from gateway.keys import check_public_key, check_secret_length, fetch_secret
 
 ENV_PREFIX = "SSE_GATEWAY_"
 # Set by Lambda for a runtime, not by an operator: read under their own names.
@@ -264,7 +262,8 @@ class Settings(BaseSettings):
         if self.auth_secret is not None:
             check_secret_length(self.auth_secret.get_secret_value(), f"{ENV_PREFIX}AUTH_SECRET")
         if self.auth_public_key is not None:
-            _check_public_key(self.auth_public_key, self.auth_algorithm)
+            variable = f"{ENV_PREFIX}AUTH_PUBLIC_KEY"
+            check_public_key(self.auth_public_key, self.auth_algorithm, variable)
         return self
 
     @property
@@ -297,25 +296,6 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
             )
         return self
-
-
-def check_secret_length(secret: str, variable: str) -> None:
-    # RFC 7518 asks HS256 keys for at least 256 bits.
-    if len(secret) < 32:
-        raise ValueError(f"{variable} must be at least 32 characters")
-
-
-def _check_public_key(pem: str, algorithm: str) -> None:
-    variable = f"{ENV_PREFIX}AUTH_PUBLIC_KEY"
-    try:
-        key = load_pem_public_key(pem.encode())
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{variable} is not a PEM public key (-----BEGIN PUBLIC KEY-----...): {exc}"
-        ) from None
-    wanted = rsa.RSAPublicKey if algorithm == "RS256" else ec.EllipticCurvePublicKey
-    if not isinstance(key, wanted):
-        raise ValueError(f"{variable} holds no {wanted.__name__} for {algorithm}")
 
 
 def _is_secret(field: str) -> bool:

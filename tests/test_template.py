@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from gateway.app import IDEMPOTENCY_KEY_HEADER
-from gateway.secrets import READ_ACTIONS
+from gateway.keys import READ_ACTIONS
 from gateway.settings import ENV_PREFIX, Settings, variable_names
 from infra.table import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, TTL_ATTRIBUTE
 from tests.iam import OpenLog, iam_actions, record_publish_function, record_subscribe_function, seed

@@ -1,5 +1,8 @@
-"""The HS256 secret kept in AWS: a Secrets Manager secret or an SSM SecureString
-parameter, named by its ARN, read once when an execution environment starts.
+"""The keys that verify tokens, checked when the process starts rather than at the
+first token: an HS256 secret long enough, a public key that parses as PEM and
+fits its algorithm, and the HS256 secret kept in AWS (a Secrets Manager secret
+or an SSM SecureString parameter, named by its ARN), read once when an
+execution environment starts.
 
 The value never appears in an error, a log line or a traceback: each failure
 names the variable, the ARN and AWS's error code, and what to grant or fix.
@@ -16,6 +19,8 @@ from typing import Any
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import SettingsError
 
@@ -50,3 +55,21 @@ def fetch_secret(arn: str, variable: str) -> str:
             f"{variable}: {arn} holds no text (a SecretString) to use as the secret"
         )
     return str(value)
+
+
+def check_secret_length(secret: str, variable: str) -> None:
+    # RFC 7518 asks HS256 keys for at least 256 bits.
+    if len(secret) < 32:
+        raise ValueError(f"{variable} must be at least 32 characters")
+
+
+def check_public_key(pem: str, algorithm: str, variable: str) -> None:
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{variable} is not a PEM public key (-----BEGIN PUBLIC KEY-----...): {exc}"
+        ) from None
+    wanted = rsa.RSAPublicKey if algorithm == "RS256" else ec.EllipticCurvePublicKey
+    if not isinstance(key, wanted):
+        raise ValueError(f"{variable} holds no {wanted.__name__} for {algorithm}")

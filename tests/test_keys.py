@@ -1,6 +1,7 @@
-"""The HS256 secret read from Secrets Manager or SSM at start, against moto's server
-(which serves every AWS service it emulates on one endpoint), through botocore's
-own per-service endpoint variables as a deployment's SDK would be pointed."""
+"""The HS256 secret read from Secrets Manager or SSM at start (gateway/keys.py), against
+moto's server (which serves every AWS service it emulates on one endpoint), reached
+through botocore's own per-service endpoint variables, as a deployment's SDK would be.
+The key checks themselves are tested through load_settings (tests/test_settings.py)."""
 
 from __future__ import annotations
 
