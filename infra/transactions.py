@@ -60,7 +60,7 @@ PASSED_ON = (
 # DeleteTable, a restore, moto's reset, ...) forgets the cached schemas.
 KEEPS_SCHEMAS = frozenset(
     TARGET + name
-    for name in (
+    for name in [
         "GetItem",
         "PutItem",
         "UpdateItem",
@@ -73,7 +73,7 @@ KEEPS_SCHEMAS = frozenset(
         "DescribeTable",
         "DescribeTimeToLive",
         "ListTables",
-    )
+    ]
 )
 CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/")
 
@@ -192,7 +192,12 @@ class TransactionLayer:
         return [result.body]
 
     def _transact(self, environ: WSGIEnvironment, body: bytes) -> Answer:
-        items = json.loads(body).get("TransactItems", [])
+        try:
+            items = json.loads(body)["TransactItems"]
+        except (ValueError, KeyError, TypeError):
+            items = None
+        if not isinstance(items, list):
+            return self._call(environ, "TransactWriteItems", body)
         if len(items) > MAX_ACTIONS:
             return validation_error(
                 "1 validation error detected at 'transactItems' failed to satisfy constraint: "
@@ -284,11 +289,9 @@ class TransactionLayer:
         document = json.loads(done.body)
         if done.ok:
             action.before = document.get("Attributes") or None
-            action.applied = True
-            if action.kind == "ConditionCheck":
-                action.applied = False
-                if action.before is None:
-                    self._put_back(environ, action)
+            action.applied = action.kind != "ConditionCheck"
+            if action.kind == "ConditionCheck" and action.before is None:
+                self._put_back(environ, action)
             return True
         if done.error_code != "ConditionalCheckFailedException":
             return False
