@@ -37,14 +37,16 @@ def local_session() -> aioboto3.Session:
     )
 
 
-def moto_app() -> WSGIApplication:
-    """moto's own WSGI app, every service, state in this process."""
+def moto_app(service: str | None = None) -> WSGIApplication:
+    """moto's own WSGI app, every service or only ``service``; state in this process."""
     try:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     except ImportError as exc:
         raise RuntimeError(
             "the embedded DynamoDB needs moto: pip install 'sse-gateway[local]'"
         ) from exc
+    if service is not None:
+        return create_backend_app(service)  # type: ignore[arg-type]
     app: WSGIApplication = DomainDispatcherApplication(create_backend_app)
     return app
 
@@ -84,7 +86,7 @@ def embedded_dynamodb(
     process the gateway serializes a channel's appends itself, so
     ``sse-gateway dev`` does not need it.)
     """
-    app = TransactionLayer(moto_app())
+    app = TransactionLayer(moto_app(), items=moto_app("dynamodb"))
     with serve_wsgi(app, host, port, threads=1 if serialized else 8) as url:
         yield url
 

@@ -29,7 +29,8 @@ NOW = 1_000_000
 
 
 class Recorder:
-    """Passes every request on to moto, noting the operation of each."""
+    """Passes every request on to moto, noting the operation of each: in front
+    of the app the layer sends its single-item operations to."""
 
     def __init__(self, app: WSGIApplication) -> None:
         self.app = app
@@ -60,12 +61,13 @@ def client(url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def recorder() -> Recorder:
-    return Recorder(moto_app())
+    return Recorder(moto_app("dynamodb"))
 
 
 @pytest.fixture(scope="module")
 def layered(recorder: Recorder) -> Iterator[Any]:
-    with serve_wsgi(TransactionLayer(recorder)) as url:
+    """The embedded DynamoDB as infra.local.embedded_dynamodb builds it."""
+    with serve_wsgi(TransactionLayer(moto_app(), items=recorder)) as url:
         yield client(url)
 
 
