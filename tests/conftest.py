@@ -116,8 +116,10 @@ def redis_server() -> Iterator[Callable[..., RedisServer]]:
     start one again where a killed one was); all killed at teardown."""
     servers: list[RedisServer] = []
 
-    def start(port: int | None = None, password: str | None = None) -> RedisServer:
-        server = RedisServer(port, password).start()
+    def start(
+        port: int | None = None, password: str | None = None, cluster_dir: Path | None = None
+    ) -> RedisServer:
+        server = RedisServer(port, password, cluster_dir).start()
         servers.append(server)
         return server
 

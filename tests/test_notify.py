@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +21,19 @@ from gateway import notify
 from gateway.dynamodb import open_dynamodb
 from gateway.items import StoredEvent
 from gateway.notify import MAX_NOTIFICATION_BYTES, decode, encode, pubsub_channel
+from gateway.publisher import open_publisher
 from gateway.settings import Settings
 from infra.local import local_session
 from infra.table import ensure_table
 from tests.eventstream import EventSourceClient, MessageEvent, read_session
-from tests.servers import GatewayProcess, GatewayServer, RedisServer, free_port, publish
+from tests.servers import (
+    GatewayProcess,
+    GatewayServer,
+    RedisServer,
+    create_cluster,
+    free_port,
+    publish,
+)
 from tests.tables import FAST_EXPIRY, delete_items
 
 StartGateway = Callable[..., GatewayServer]
@@ -177,6 +186,21 @@ async def test_redis_killed_mid_stream_and_restarted(
     assert messages(events) == ids
     assert sample(writer, "sse_gateway_notifications_total", outcome="send_failed") >= 1
     assert sample(reader, "sse_gateway_feed_events_total", source="notification") > by_notification
+
+
+async def test_the_python_api_notifies_too(
+    gateway: StartGateway, redis_server: StartRedis, http: httpx.AsyncClient
+) -> None:
+    redis = redis_server()
+    reader = gateway(**notified_settings(redis))
+    url = f"{reader.url}/channels/jobs:7/events"
+    reading = asyncio.create_task(read_session(http, url, stop=lambda ev: len(ev) == 2))
+    await wait_until(lambda: is_notified(reader, "jobs:7"))
+    async with open_publisher(reader.settings, local_session()) as publisher:
+        ids = [await publisher.publish("jobs:7", {"progress": p}) for p in (10, 50)]
+    session = await asyncio.wait_for(reading, 30)
+    assert messages(session.events) == ids
+    assert sample(reader, "sse_gateway_feed_events_total", source="notification") == 2
 
 
 @pytest.mark.parametrize("writer_notifies", ["nowhere", "elsewhere"])
@@ -343,3 +367,21 @@ async def test_two_serve_processes_on_one_store_with_a_redis_between(
     finally:
         one.kill()
         two.kill()
+
+
+async def test_a_cluster_carries_notifications_between_processes_on_different_nodes(
+    gateway: StartGateway, redis_server: StartRedis, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # A plain client and plain PUBLISH/SUBSCRIBE: a cluster forwards every PUBLISH to
+    # every node, so the writer and the reader may be connected to any two of them.
+    nodes = [redis_server(cluster_dir=tmp_path) for _ in range(3)]
+    await asyncio.to_thread(create_cluster, nodes)
+    writer = gateway(**notified_settings(nodes[0]))
+    reader = gateway(**notified_settings(nodes[2]))
+    url = f"{reader.url}/channels/c/events"
+    reading = asyncio.create_task(read_session(http, url, stop=lambda ev: len(ev) == 5))
+    await wait_until(lambda: is_notified(reader, "c"))
+    ids = [(await publish(http, writer.url, "c", {"data": i}))[0] for i in range(5)]
+    session = await asyncio.wait_for(reading, 30)
+    assert messages(session.events) == ids
+    assert sample(reader, "sse_gateway_feed_events_total", source="notification") == 5
