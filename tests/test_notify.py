@@ -122,16 +122,23 @@ async def test_another_process_delivers_a_notifications_events_without_a_query(
     redis = redis_server()
     writer, reader = gateway(**notified_settings(redis)), gateway(**notified_settings(redis))
     url = f"{reader.url}/channels/c/events"
-    reading = asyncio.create_task(read_session(http, url, stop=lambda ev: len(ev) == 10))
+    reading = asyncio.create_task(read_session(http, url, stop=lambda ev: len(ev) == 11))
     await wait_until(lambda: is_notified(reader, "c"))
     assert reader.store is not None
     before = await settled(lambda: reader.store.stats.queries)  # type: ignore[union-attr]
     ids = [(await publish(http, writer.url, "c", {"data": i}))[0] for i in range(10)]
+    await wait_until(
+        lambda: sample(reader, "sse_gateway_feed_events_total", source="notification") == 10
+    )
+    assert reader.store.stats.queries == before  # no tail query: the notifications carried them
+    # A publish through the reader itself: handed over in-process, its own
+    # notification (which it also receives) ignored.
+    ids += await publish(http, reader.url, "c", {"data": 10})
     session = await asyncio.wait_for(reading, 30)
     assert messages(session.events) == ids
-    assert reader.store.stats.queries == before  # no tail query: the notifications carried them
-    assert sample(reader, "sse_gateway_feed_events_total", source="notification") == 10
+    assert sample(reader, "sse_gateway_feed_events_total", source="in_process") == 1
     assert sample(reader, "sse_gateway_notifications_total", outcome="received") == 10
+    assert sample(reader, "sse_gateway_notifications_total", outcome="fell_back") == 0
     assert sample(writer, "sse_gateway_notifications_total", outcome="sent") == 10
     assert sample(reader, "sse_gateway_notifier_connected") == 1
 
@@ -320,6 +327,29 @@ async def test_ttl_expiry_while_notifications_flow_continues_in_a_new_epoch(
     assert [e.type for e in events] == ["message"] * 4
     assert messages(events) == ids
     assert sample(reader, "sse_gateway_notifications_total", outcome="fell_back") >= 1
+
+
+async def test_ttl_deleting_the_newest_items_while_notifications_flow_ends_in_a_reset(
+    gateway: StartGateway, redis_server: StartRedis, http: httpx.AsyncClient
+) -> None:
+    redis = redis_server()
+    settings = notified_settings(redis, **FAST_EXPIRY)
+    writer, reader = gateway(**settings), gateway(**settings)
+    client = EventSourceClient(http, f"{reader.url}/channels/c/events", retry_ms=50)
+    consuming = asyncio.create_task(
+        client.run(lambda ev: len(messages(ev)) == 4 and ev[-1].type == "message")
+    )
+    await wait_until(lambda: is_notified(reader, "c"))
+    old = [(await publish(http, writer.url, "c", {"data": i}))[0] for i in range(3)]
+    await wait_until(lambda: messages(client.events) == old)
+    await asyncio.sleep(2.1)  # expired; TTL deletes the newest first (any order is TTL's)
+    await delete_items(writer.settings, "c", [3, 2])
+    restarter = gateway(**settings)  # a process that never cached the head
+    new = await publish(http, restarter.url, "c", {"data": "a"})
+    events = await asyncio.wait_for(consuming, 60)
+    # seq 2 and 3 went unseen by the new epoch's writer: a reset, then the new log.
+    assert messages(events) == old + new
+    assert [e.type for e in events] == ["message"] * 3 + ["reset"] + ["message"]
 
 
 async def test_two_serve_processes_on_one_store_with_a_redis_between(
