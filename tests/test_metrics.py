@@ -123,7 +123,8 @@ async def test_metrics_count_publishes_and_store_calls_exactly(
     assert value(after, "sse_gateway_open_sessions") == 0
     # No channel name anywhere: labels have fixed, bounded values.
     assert all(
-        dict(labels).keys() <= {"end", "reason", "operation", "kind", "le"} for _, labels in after
+        dict(labels).keys() <= {"end", "reason", "operation", "kind", "le", "source", "outcome"}
+        for _, labels in after
     )
 
 
