@@ -68,7 +68,6 @@ _PING_AFTER_SECONDS = 30.0
 _PONG_WITHIN_SECONDS = 5.0  # else the connection is dead (a peer gone without a FIN)
 _CONNECT_TIMEOUT_SECONDS = 5.0
 _RECONNECT_SECONDS = (0.1, 5.0)  # first and longest pause between attempts
-_SUBSCRIBE_CHUNK = 1000
 
 
 class Follower(Protocol):
@@ -204,7 +203,7 @@ class Notifier:
             self._metrics.notification("sent")
             return
         self._metrics.notification("send_failed")
-        if time.monotonic() >= self._send_paused_until:  # once per failing spell
+        if time.monotonic() >= self._send_paused_until:  # at most once a pause, not per publish
             logger.warning(
                 "notifier: a notification to %s failed (%s: %s); the events are stored, "
                 "other processes read them at their next poll",
@@ -306,15 +305,13 @@ class Notifier:
         self._changed = False
         new = [name for name in self._followers if name not in self._requested]
         gone = [name for name in self._requested if name not in self._followers]
-        for start in range(0, len(new), _SUBSCRIBE_CHUNK):
-            chunk = new[start : start + _SUBSCRIBE_CHUNK]
-            self._requested.update(chunk)
-            await pubsub.subscribe(*chunk)
-        for start in range(0, len(gone), _SUBSCRIBE_CHUNK):
-            chunk = gone[start : start + _SUBSCRIBE_CHUNK]
-            self._requested.difference_update(chunk)
-            self._confirmed.difference_update(chunk)
-            await pubsub.unsubscribe(*chunk)
+        if new:  # one command for any number: 10,000 channels are some 300 KB
+            self._requested.update(new)
+            await pubsub.subscribe(*new)
+        if gone:
+            self._requested.difference_update(gone)
+            self._confirmed.difference_update(gone)
+            await pubsub.unsubscribe(*gone)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind, name = message["type"], message["channel"]

@@ -320,9 +320,10 @@ def load_settings(**overrides: Any) -> Settings:
                 name = f"{ENV_PREFIX}{field.upper()}"
             else:  # a variable read under its own name (AWS_LAMBDA_*), or the whole model
                 name = field or "settings"
-            # A secret's value (a URL with its password) is never echoed.
-            shown = "a secret value" if field in _SECRETS else repr(error.get("input"))
-            problems.append(f"{name}: {error['msg']} (got {shown})")
+            # A secret's value (a URL with its password) is never echoed, nor is the
+            # whole input a check of several settings got (it holds the secrets too).
+            shown = "" if not field or field in _SECRETS else f" (got {error.get('input')!r})"
+            problems.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
 
 

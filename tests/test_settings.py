@@ -184,7 +184,8 @@ def test_a_notify_url_that_is_no_redis_url_is_refused_without_echoing_it(
 
 
 def test_the_safety_poll_is_no_shorter_than_the_idle_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "redis://cache:6379")
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "redis://:hunter2-secret@cache:6379")
     monkeypatch.setenv("SSE_GATEWAY_NOTIFIED_POLL_SECONDS", "0.5")
-    with pytest.raises(SettingsError, match="SSE_GATEWAY_NOTIFIED_POLL_SECONDS"):
+    with pytest.raises(SettingsError, match="SSE_GATEWAY_NOTIFIED_POLL_SECONDS") as raised:
         load_settings()
+    assert "hunter2-secret" not in str(raised.value)
