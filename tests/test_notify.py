@@ -124,13 +124,14 @@ async def test_another_process_delivers_a_notifications_events_without_a_query(
     url = f"{reader.url}/channels/c/events"
     reading = asyncio.create_task(read_session(http, url, stop=lambda ev: len(ev) == 11))
     await wait_until(lambda: is_notified(reader, "c"))
-    assert reader.store is not None
-    before = await settled(lambda: reader.store.stats.queries)  # type: ignore[union-attr]
+    store = reader.store
+    assert store is not None
+    before = await settled(lambda: store.stats.queries)
     ids = [(await publish(http, writer.url, "c", {"data": i}))[0] for i in range(10)]
     await wait_until(
         lambda: sample(reader, "sse_gateway_feed_events_total", source="notification") == 10
     )
-    assert reader.store.stats.queries == before  # no tail query: the notifications carried them
+    assert store.stats.queries == before  # no tail query: the notifications carried them
     # A publish through the reader itself: handed over in-process, its own
     # notification (which it also receives) ignored.
     ids += await publish(http, reader.url, "c", {"data": 10})
@@ -151,10 +152,11 @@ async def test_an_idle_notified_channel_polls_once_per_safety_interval(
     url = f"{reader.url}/channels/c/events"
     holding = asyncio.create_task(read_session(http, url, stop=lambda ev: False))
     await wait_until(lambda: is_notified(reader, "c"))
-    assert reader.store is not None
-    before, started = await settled(lambda: reader.store.stats.queries), time.monotonic()  # type: ignore[union-attr]
+    store = reader.store
+    assert store is not None
+    before, started = await settled(lambda: store.stats.queries), time.monotonic()
     await asyncio.sleep(4 * interval)
-    queries, elapsed = reader.store.stats.queries - before, time.monotonic() - started
+    queries, elapsed = store.stats.queries - before, time.monotonic() - started
     # Adaptive polling would make one every poll_max_seconds (0.2 s): ~20 here.
     assert queries <= elapsed / interval + 1, queries
     assert sample(reader, "sse_gateway_safety_polls_total") >= 2
@@ -249,8 +251,9 @@ async def test_duplicated_and_reordered_notifications_deliver_each_event_once_in
     )
     await wait_until(lambda: is_notified(reader, "c"))
     ids = [(await publish(http, writer.url, "c", {"data": i}))[0] for i in range(4)]
-    assert reader.store is not None
-    page = reader.call(lambda: reader.store.read_after("c", 0))  # type: ignore[union-attr]
+    store = reader.store
+    assert store is not None
+    page = reader.call(lambda: store.read_after("c", 0))
     e1, e2, e3, e4 = page.events
     name = pubsub_channel(reader.settings.table_name, "c")
     async with Redis.from_url(redis.url) as forger:
