@@ -338,12 +338,12 @@ class Notifier:
         self._metrics.notifier_connected(True)
 
     def _disconnected(self) -> None:
-        self.connected = False
-        self._metrics.notifier_connected(False)
         self._requested.clear()
         self._confirmed.clear()
         for follower in list(self._followers.values()):
             follower.set_notified(False)
+        self.connected = False  # last: once it reads False, every feed polls
+        self._metrics.notifier_connected(False)
 
     def _client(self, *, retries: int, **options: Any) -> Redis:
         from redis.asyncio import Redis
