@@ -288,6 +288,7 @@ async def test_a_notifier_with_nothing_listening_at_start_polls_until_redis_come
     writer, reader = gateway(**settings), gateway(**settings)
     client = EventSourceClient(http, f"{reader.url}/channels/c/events", retry_ms=50)
     consuming = asyncio.create_task(client.run(lambda ev: len(messages(ev)) == 6))
+    await wait_until(lambda: "c" in reader.hub.feeds)  # the session started: it sees what follows
     with caplog.at_level(logging.INFO, logger="gateway.notify"):
         ids = [(await publish(http, writer.url, "c", {"data": i}))[0] for i in range(3)]
         await wait_until(lambda: len(messages(client.events)) == 3)  # by adaptive polling
