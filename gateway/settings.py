@@ -122,6 +122,18 @@ class Settings(BaseSettings):
     feed_buffer_bytes: int = Field(
         8_388_608, ge=65_536, description="bytes of recent events one channel feed keeps"
     )
+    notify_url: SecretStr | None = Field(
+        None,
+        description="redis:// or rediss:// URL (with user and password or token) of a Redis or "
+        "Valkey whose pub/sub wakes other processes' feeds; unset: polling only",
+    )
+    notified_poll_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="while notifications flow, a channel's safety poll: a lost notification, "
+        "a writer without the notifier, a purge or TTL is seen within this",
+    )
     max_feeds: int = Field(
         10_000,
         ge=1,
@@ -288,12 +300,29 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("notify_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message names the scheme only: the URL holds the password.
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            scheme = value.get_secret_value().partition("://")[0][:16]
+            raise ValueError(
+                f"must be a redis:// or rediss:// URL (got a {scheme!r} URL); "
+                "set the Redis or Valkey to notify through"
+            )
+        return value
+
     @model_validator(mode="after")
     def _poll_bounds_ordered(self) -> Self:
         if self.poll_min_seconds > self.poll_max_seconds:
             raise ValueError(
                 f"{ENV_PREFIX}POLL_MIN_SECONDS ({self.poll_min_seconds}) must not exceed "
                 f"{ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
+            )
+        if self.notify_url is not None and self.notified_poll_seconds < self.poll_max_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}NOTIFIED_POLL_SECONDS ({self.notified_poll_seconds}) must not be "
+                f"shorter than {ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
             )
         return self
 

@@ -271,3 +271,25 @@ def _as_variable(value: object) -> str:
     if isinstance(value, list):
         return ",".join(value)
     return str(value)
+
+
+def test_a_notify_url_that_is_no_redis_url_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "http://admin:hunter2-secret@cache:6379")
+    with pytest.raises(SettingsError, match="SSE_GATEWAY_NOTIFY_URL") as raised:
+        load_settings()
+    assert "redis:// or rediss://" in raised.value.message
+    assert "hunter2-secret" not in str(raised.value)
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "rediss://admin:hunter2-secret@cache:6379")
+    settings = load_settings()
+    assert settings.notify_url is not None
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_the_safety_poll_is_no_shorter_than_the_idle_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "redis://:hunter2-secret@cache:6379")
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFIED_POLL_SECONDS", "0.5")
+    with pytest.raises(SettingsError, match="SSE_GATEWAY_NOTIFIED_POLL_SECONDS") as raised:
+        load_settings()
+    assert "hunter2-secret" not in str(raised.value)

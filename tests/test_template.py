@@ -614,3 +614,23 @@ def test_the_readmes_deploy_names_the_templates_parameters_and_outputs(
     assert outputs is not None
     listed = re.sub(r"\([^)]*\)", "", outputs[1])  # not what an aside names
     assert set(re.findall(r"`([A-Za-z]+)`", listed)) == set(template["Outputs"])
+
+
+def test_template_passes_the_notify_url_and_a_vpc_only_when_set(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    expression = variables[f"{ENV_PREFIX}NOTIFY_URL"]
+    assert _evaluate(expression, _parameters(template), template) == {"Ref": "AWS::NoValue"}
+    url = "rediss://gateway:pw@cache.example:6379"
+    assert _evaluate(expression, _parameters(template, NotifyUrl=url), template) == url
+    assert template["Parameters"]["NotifyUrl"]["NoEcho"] is True
+    network = {"VpcSubnetIds": "subnet-0a,subnet-0b", "VpcSecurityGroupIds": "sg-0a"}
+    for name in ("SubscribeFunction", "PublishFunction"):
+        vpc = _function(template, name)["VpcConfig"]
+        assert _evaluate(vpc, _parameters(template), template) == {"Ref": "AWS::NoValue"}
+        assert _evaluate(vpc, _parameters(template, **network), template) == {
+            "SubnetIds": {"Ref": "VpcSubnetIds"},
+            "SecurityGroupIds": {"Ref": "VpcSecurityGroupIds"},
+        }
+        # Managed Instances run in the capacity provider's VPC: no VpcConfig of their own.
+        managed = _parameters(template, DeploymentMode="managed-instances", **network)
+        assert _evaluate(vpc, managed, template) == {"Ref": "AWS::NoValue"}
