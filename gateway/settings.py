@@ -305,9 +305,10 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         # The message names the scheme only: the URL holds the password.
         if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
-            scheme = value.get_secret_value().partition("://")[0][:16]
+            scheme, separator, _ = value.get_secret_value().partition("://")
+            got = f"a {scheme[:16]!r} URL" if separator and scheme.isalpha() else "no URL"
             raise ValueError(
-                f"must be a redis:// or rediss:// URL (got a {scheme!r} URL); "
+                f"must be a redis:// or rediss:// URL (got {got}); "
                 "set the Redis or Valkey to notify through"
             )
         return value

@@ -628,8 +628,8 @@ def test_template_passes_the_notify_url_and_a_vpc_only_when_set(template: dict[s
         vpc = _function(template, name)["VpcConfig"]
         assert _evaluate(vpc, _parameters(template), template) == {"Ref": "AWS::NoValue"}
         assert _evaluate(vpc, _parameters(template, **network), template) == {
-            "SubnetIds": {"Ref": "VpcSubnetIds"},
-            "SecurityGroupIds": {"Ref": "VpcSecurityGroupIds"},
+            "SubnetIds": ["subnet-0a", "subnet-0b"],
+            "SecurityGroupIds": ["sg-0a"],
         }
         # Managed Instances run in the capacity provider's VPC: no VpcConfig of their own.
         managed = _parameters(template, DeploymentMode="managed-instances", **network)
