@@ -11,6 +11,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -30,6 +31,7 @@ from gateway.auth import Action, Authenticator, bearer_token
 from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
+    RequestTimeout,
     StoreUnavailable,
     Unauthorized,
     UnsupportedMediaType,
@@ -62,20 +64,42 @@ logger = logging.getLogger(__name__)
 CLIENT_HEADERS = {"Cache-Control": "public, max-age=300"}
 
 
-def error_response(status_code: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
+# What a client is told of a server-side failure: a stable code and words of our
+# own. The details (botocore's text, the endpoint, the table) go to the log only,
+# under the request id the answer carries.
+_SERVER_ERROR_MESSAGES = {
+    "store_unavailable": "the event store is unavailable: try again shortly",
+    "store_misconfigured": "the gateway cannot use its event store: its operator must check "
+    "SSE_GATEWAY_TABLE_NAME and its permissions (its log says more)",
+}
+_UNSURE_PUBLISH = (
+    " The publish may or may not be stored: publish again with the same "
+    f"{IDEMPOTENCY_KEY_HEADER} header to store it exactly once."
+)
 
 
-async def read_capped_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing to read more than ``limit`` bytes."""
+def error_response(status_code: int, code: str, message: str, **extra: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **extra}}, status_code=status_code
+    )
+
+
+async def read_capped_body(request: Request, limit: int, within: float) -> bytes:
+    """The request body, refusing to read more than ``limit`` bytes or to wait for it
+    longer than ``within`` seconds (a body trickled a byte at a time holds a
+    connection and a task)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {within:g} s") from exc
     return bytes(body)
 
 
@@ -174,6 +198,8 @@ def create_app(
             deadline=deadline,
             heartbeat_seconds=settings.heartbeat_seconds,
             retry_ms=settings.retry_ms,
+            # Full jitter over the upper half: refused clients come back spread out.
+            overload_retry_ms=round(settings.overload_retry_ms * (1 - rng.random() / 2)),
             idle_seconds=settings.idle_session_seconds,
             idle_retry_ms=round(settings.idle_retry_ms * jitter),
             token_bound=token_bound,
@@ -214,7 +240,10 @@ def create_app(
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
-        body = parse_json_body(await read_capped_body(request, settings.max_request_bytes))
+        raw = await read_capped_body(
+            request, settings.max_request_bytes, settings.body_timeout_seconds
+        )
+        body = parse_json_body(raw)
         events = events_from_body(
             body,
             max_event_bytes=settings.max_event_bytes,
@@ -226,10 +255,7 @@ def create_app(
                 appended = await publisher.append(channel, events, idempotency_key=key)
         except (StoreUnavailable, TimeoutError) as exc:
             cause = exc.message if isinstance(exc, StoreUnavailable) else "DynamoDB did not answer"
-            raise StoreUnavailable(
-                f"{cause}. The publish may or may not be stored: publish again with the same "
-                f"{IDEMPOTENCY_KEY_HEADER} header to store it exactly once"
-            ) from exc
+            raise StoreUnavailable(f"publish on {channel!r}: {cause}") from exc
         headers = {REPLAYED_HEADER: "true"} if appended.replayed else {}
         ids = [event.event_id for event in appended.events]
         return JSONResponse({"ids": ids}, status_code=201, headers=headers)
@@ -250,7 +276,31 @@ def create_app(
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        response = error_response(exc.status_code, exc.code, exc.message)
+        if exc.status_code >= 500:
+            request_id = uuid.uuid4().hex[:16]
+            logger.error(
+                "%s %s answered %d %s (request id %s): %s",
+                request.method,
+                request.url.path,
+                exc.status_code,
+                exc.code,
+                request_id,
+                exc.message,
+            )
+            message = _SERVER_ERROR_MESSAGES.get(exc.code, "internal error")
+            if isinstance(exc, StoreUnavailable) and request.method == "POST":
+                message += "." + _UNSURE_PUBLISH
+            response = error_response(
+                exc.status_code,
+                exc.code,
+                f"{message} (request id {request_id})",
+                request_id=request_id,
+            )
+        else:
+            response = error_response(exc.status_code, exc.code, exc.message)
+        if isinstance(exc, RequestTimeout):
+            # A client this slow is not kept for another request.
+            response.headers["Connection"] = "close"
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
         if isinstance(exc, StoreUnavailable):

@@ -9,7 +9,9 @@ installed (the ``serve`` extra, which ``local`` includes), else on asyncio and
 h11: C instead of Python in the loop and in request parsing, for every frame
 of every stream (see BENCHMARKS.md). The server runs inside our own
 ``asyncio`` runner (the DynamoDB client must be opened on the loop that serves),
-so the loop is chosen here rather than by ``uvicorn.run``.
+so the loop is chosen here rather than by ``uvicorn.run``. What one connection
+may hold (its request head, its time to send one, the number of connections)
+is bounded by ``gateway.serving``'s protocols.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from gateway.dynamodb import open_dynamodb
 from gateway.errors import SettingsError
 from gateway.metrics import metrics_for
 from gateway.redaction import RedactTokens
+from gateway.serving import protocol_for
 from gateway.settings import Settings, load_settings
 from gateway.store import EventLog
 from infra.table import ensure_table
@@ -79,7 +82,7 @@ async def serve(
     port: int,
     session: aioboto3.Session | None = None,
     create_table: bool = False,
-    http: str = "auto",
+    http: str = "h11",
     access_log: bool = True,
 ) -> None:
     async with open_dynamodb(settings, session) as client:
@@ -92,9 +95,11 @@ async def serve(
             app,
             host=host,
             port=port,
-            http=http,
+            http=protocol_for(http, settings),
             access_log=access_log,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            timeout_keep_alive=settings.keep_alive_seconds,
+            h11_max_incomplete_event_size=settings.max_header_bytes,
         )
         logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         await _Server(config, on_exit=app.state.hub.close).serve()

@@ -50,6 +50,10 @@ _MORE = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # a seq digit with more to come
 _LAST = "WXYZabcdefghijklmnopqrstuvwxyz-_"  # the seq's last digit
 _EMPTY_MARK = "."
 UNKNOWN_EPOCH = "~"
+# 64 channels (the most one connection names) of 17 characters at most (a seq
+# below 2**60), with room: anything longer is not ours, and is refused before
+# it is decoded, which is linear pure Python on the event loop.
+MAX_CURSOR_CHARS = 2048
 _ENTRY = re.compile(
     rf"([{re.escape(_BASE64)}]{{2}})(?:{re.escape(_EMPTY_MARK)}|([{re.escape(_BASE64)}]{{2}})"
     rf"([{_MORE}]{{0,12}})([{re.escape(_LAST)}]))"
@@ -143,6 +147,8 @@ class Requested:
 def decode(cursor: str | None, channels: Sequence[str]) -> dict[str, Requested] | None:
     """Each requested channel's position in ``cursor``; None when the cursor is not
     one of ours (every channel then starts at its head with a reset)."""
+    if cursor is not None and len(cursor) > MAX_CURSOR_CHARS:
+        return None
     by_tag: dict[str, list[Entry]] = {}
     if cursor is not None:
         at = 0

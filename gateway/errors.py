@@ -46,6 +46,20 @@ class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
 
 
+class RequestTimeout(InvalidInput):
+    """The request body did not arrive within ``SSE_GATEWAY_BODY_TIMEOUT_SECONDS``: 408."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class TooManyRequests(InvalidInput):
+    """The subject holds its share of sessions or feeds already: 429 (see gateway.quota)."""
+
+    status_code = 429
+    code = "too_many_sessions"
+
+
 class Unauthorized(GatewayError):
     """No valid token: 401, which also stops EventSource from reconnecting."""
 

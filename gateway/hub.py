@@ -34,7 +34,7 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from gateway import wire
@@ -428,6 +428,12 @@ class ChannelHub:
         ):
             return None
         return feed
+
+    def admits(self, channels: Collection[str]) -> bool:
+        """Whether a session on ``channels`` may start the feeds it lacks, before it
+        pays a store call: the channels the process follows take no new feed."""
+        new = sum(1 for channel in set(channels) if channel not in self._feeds)
+        return new == 0 or len(self._feeds) + new <= self._max_feeds
 
     def subscribe(self, channel: str, head: LogEnd | ChannelFeed | None) -> ChannelFeed:
         """The channel's feed for a session that found ``head`` as the log's newest item

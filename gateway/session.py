@@ -51,6 +51,7 @@ class SessionTiming:
     deadline: float  # on time.monotonic
     heartbeat_seconds: float
     retry_ms: int
+    overload_retry_ms: int = 0  # after a limit or a store error (jittered by the app)
     idle_seconds: float | None = None  # end a session that delivered nothing this long
     idle_retry_ms: int = 0
     token_bound: bool = False  # the deadline is the token's expiry
@@ -153,6 +154,8 @@ async def open_channel(
     """Where a session on ``channel`` starts (``choose`` decides from the log's
     head), what it delivers first, and the channel's feed, subscribed (the
     session must ``hub.leave`` it)."""
+    if not hub.admits([channel]):  # before any store call: a refusal costs nothing
+        raise FeedLimitReached(f"this process follows {len(hub.feeds)} channels already")
     feed = hub.joinable(channel) if fresh else None
     if feed is not None:
         # The running feed knows the newest position it has seen, as recent as a
@@ -201,7 +204,9 @@ async def run_session(
 ) -> AsyncIterator[bytes]:
     """What every session does around its ``body`` (frames, then why it ended):
     counts itself open, turns trouble into an early end, ends with ``retry:``
-    (the longer idle retry after an idle end), and counts why it ended."""
+    (the longer idle retry after an idle end; after a limit or a store error, the
+    overload retry, so that refused clients do not all come back every second),
+    and counts why it ended."""
     end = End.STORE_ERROR
     metrics.session_started()
     ended = False
@@ -219,10 +224,18 @@ async def run_session(
         if end is End.DEADLINE and timing.token_bound:
             end = End.TOKEN_EXPIRED
         ended = True
-        yield wire.encode_retry(timing.idle_retry_ms if end is End.IDLE else timing.retry_ms)
+        yield wire.encode_retry(_retry_ms(end, timing))
     finally:
         await body.aclose()  # a client that left: the body leaves its feeds now
         metrics.session_ended(end.value if ended else "disconnect")
+
+
+def _retry_ms(end: End, timing: SessionTiming) -> int:
+    if end is End.IDLE:
+        return timing.idle_retry_ms
+    if end in (End.LIMIT, End.STORE_ERROR):
+        return max(timing.retry_ms, timing.overload_retry_ms)
+    return timing.retry_ms
 
 
 def event_stream(

@@ -139,6 +139,22 @@ class Settings(BaseSettings):
         ge=1,
         description="channel feeds one process runs at most; a session beyond it ends with retry:",
     )
+    max_feeds_per_subject: int = Field(
+        256,
+        ge=1,
+        description="channel feeds one subject (a token's sub; the client address without "
+        "auth) may start and hold alone; beyond it: 429 too_many_feeds",
+    )
+    max_sessions_per_subject: int = Field(
+        64, ge=1, description="open sessions one subject may hold; beyond it: 429"
+    )
+    overload_retry_ms: int = Field(
+        15_000,
+        ge=0,
+        le=3_600_000,
+        description="a session ended by a limit or a store error sends a retry: drawn from "
+        "[half this, this]",
+    )
     max_channels_per_connection: int = Field(
         16, ge=1, le=64, description="channels one /events connection may name"
     )
@@ -170,6 +186,28 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(
         1_048_576, ge=1, le=3_500_000, description="largest publish request body"
+    )
+
+    max_header_bytes: int = Field(
+        32_768,
+        ge=1024,
+        le=1_048_576,
+        description="on serve, the longest request line and headers; beyond: 431",
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="on serve, the time a client has to send a request head"
+    )
+    body_timeout_seconds: float = Field(
+        20.0, gt=0, le=300, description="the time a publish has to send its whole body; beyond: 408"
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, le=300, description="on serve, an idle keep-alive connection closes after this"
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="on serve, open connections at most (idle streams included); "
+        "beyond, a new one is closed at once",
     )
 
     auth_secret: SecretStr | None = Field(

@@ -1,9 +1,13 @@
 """What a publish or subscribe request may contain: pure checks, no I/O.
 
 Names use a small ASCII grammar so that a channel or event name can never
-carry a line break into a frame or a header, and the reserved ``reset``
-event type stays the gateway's own: a publisher must not be able to forge
-the signal that tells clients their position was lost.
+carry a line break into a frame or a header, and the reserved event types
+stay out of publishers' hands: ``reset`` is the gateway's own (a publisher must
+not be able to forge the signal that tells clients their position was lost),
+and ``open`` and ``error`` are the events EventSource dispatches itself (a
+frame of either type would fire every subscriber's ``onopen`` or ``onerror``
+while its stream is fine). ``message`` stays allowed: it is what a frame
+without a type is already.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from gateway.settings import MAX_ITEM_PAYLOAD_BYTES
 
 CHANNEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-RESERVED_EVENT_NAMES = frozenset({"reset"})
+RESERVED_EVENT_NAMES = frozenset({"reset", "open", "error"})
 
 _CHANNEL = re.compile(CHANNEL_PATTERN)
 # Printable ASCII, as HTTP header values carry it.
@@ -132,7 +136,9 @@ def new_events(
             raise InvalidInput(f"{where}.{field}: {first['msg']}", code="invalid_event") from exc
         if parsed.event in RESERVED_EVENT_NAMES:
             raise InvalidInput(
-                f"{where}.event: {parsed.event!r} is reserved by the gateway", code="invalid_event"
+                f"{where}.event: {parsed.event!r} is reserved (reserved: "
+                f"{', '.join(sorted(RESERVED_EVENT_NAMES))})",
+                code="invalid_event",
             )
         try:
             data = json.dumps(

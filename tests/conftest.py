@@ -49,6 +49,7 @@ def make_settings(dynamodb_endpoint: str) -> Callable[..., Settings]:
             "poll_min_seconds": 0.05,
             "poll_max_seconds": 0.2,
             "retry_ms": 50,
+            "overload_retry_ms": 50,
             "max_session_seconds": 5.0,
         }
         values.update(overrides)

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from gateway.composite import MAX_CURSOR_CHARS, channel_tag
 from gateway.cursor import parse_event_id
 from gateway.validation import parse_json_body
 from tests.eventstream import read_session
-from tests.servers import GatewayServer
+from tests.servers import FaultProxy, GatewayServer
 from tests.strategies import bodies
 from tests.tables import FAST_EXPIRY
 
@@ -97,6 +98,8 @@ async def test_publish_returns_consecutive_ids(
         ("c", {}, b'{"event": "a\\rb", "data": 1}', 400, "invalid_event"),
         ("c", {}, b'{"event": "x", "id": "forged", "data": 1}', 400, "invalid_event"),
         ("c", {}, b'{"event": "reset", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"event": "error", "data": 1}', 400, "invalid_event"),
+        ("c", {}, b'{"events": [{"data": 1}, {"event": "open", "data": 2}]}', 400, "invalid_event"),
         ("c", {}, b'{"event": 7, "data": 1}', 400, "invalid_event"),
         ("c", {}, b'{"events": []}', 400, "invalid_body"),
         ("c", {}, b'{"events": [{"data": 1}], "data": 2}', 400, "invalid_body"),
@@ -307,6 +310,49 @@ async def test_subscribe_treats_a_hostile_last_event_id_as_malformed(
     assert [e.type for e in session.events] == ["reset"]
     assert json.loads(session.events[0].data)["last_event_id"] == hostile
     assert session.last_event_id == written
+
+
+async def test_a_cursor_far_longer_than_ours_is_refused_whole_without_being_read(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    """Entries for channels the request does not name, then a real one: decoded, it
+    would resume; at over MAX_CURSOR_CHARS it is not ours, whatever it holds."""
+    server = gateway(max_session_seconds=0.5)
+    url = f"{server.url}/events?channel=c"
+    await _publish(http, server, "c", {"data": 1})
+    cursor = (await read_session(http, url)).last_event_id  # at the head, after it
+    await _publish(http, server, "c", {"data": 2})
+    other = next(tag for tag in ("AA", "AB") if tag != channel_tag("c"))
+    padding = f"{other}." * (MAX_CURSOR_CHARS // 3)
+    resumed = await read_session(http, url, last_event_id=padding[:300] + cursor)
+    assert [e.type for e in resumed.events] == ["message"]  # a short cursor still resumes
+
+    refused = await read_session(http, url, last_event_id=padding + cursor)
+    assert [e.type for e in refused.events] == ["reset"]
+    reset = json.loads(refused.events[0].data)
+    assert (reset["channel"], reset["reason"]) == ("c", "invalid_last_event_id")
+
+
+async def test_server_errors_answer_a_stable_code_and_a_request_id_and_log_the_details(
+    gateway: StartGateway,
+    http: httpx.AsyncClient,
+    fault_proxy: FaultProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url, dynamodb_max_attempts=1, dynamodb_timeout_seconds=1
+    )
+    fault_proxy.refuse = True
+    response = await http.post(f"{server.url}/channels/c/events", json={"data": 1})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "store_unavailable"
+    assert error["request_id"] in error["message"]
+    assert "Idempotency-Key" in error["message"]  # what the publisher can do about it
+    for detail in (fault_proxy.url, server.settings.table_name, "Could not connect", "botocore"):
+        assert detail not in response.text
+    (logged,) = [r.getMessage() for r in caplog.records if error["request_id"] in r.getMessage()]
+    assert "Could not connect" in logged and fault_proxy.url in logged
 
 
 async def test_cors_preflight_allows_last_event_id_and_credentials(

@@ -128,3 +128,34 @@ async def test_demo_page_with_auth_says_why_it_closed_then_subscribes_with_a_tok
     item = page.locator("#events li").first
     await item.wait_for(state="visible")
     assert (await item.locator("span").all_inner_texts())[0] == "orders:8"
+
+
+async def test_a_publisher_cannot_fire_the_browsers_own_open_and_error_handlers(
+    gateway_process: StartProcess, browser: BrowserContext
+) -> None:
+    """``event: error`` would fire every subscriber's ``onerror`` on a healthy stream
+    (``event: open``, its ``onopen``): both are refused at publish, so the page sees
+    one open, no error, and the event published after them."""
+    server = gateway_process(max_session_seconds=30)
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/healthz")  # any page of the origin
+    await page.evaluate(
+        """() => {
+            window.seen = {opens: 0, errors: [], markers: []};
+            const source = new EventSource("/channels/hostile/events");
+            source.onopen = () => { window.seen.opens += 1; };
+            source.onerror = () => { window.seen.errors.push(source.readyState); };
+            source.addEventListener("marker", (e) => { window.seen.markers.push(e.data); });
+        }"""
+    )
+    await page.wait_for_function("window.seen.opens === 1")
+    url = f"{server.url}/channels/hostile/events"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name in ("error", "open"):
+            refused = await client.post(url, json={"event": name, "data": "forged"})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "invalid_event"
+        marker = await client.post(url, json={"event": "marker", "data": "after"})
+        assert marker.status_code == 201
+    await page.wait_for_function("window.seen.markers.length === 1")
+    assert await page.evaluate("window.seen") == {"opens": 1, "errors": [], "markers": ['"after"']}

@@ -4,6 +4,7 @@ that starts over, batches half visible to a reader, mixed epochs, a hung store."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -411,3 +412,43 @@ async def test_session_lengths_are_spread_over_the_jitter(
     # Drawn from [0.2 s, 2 s]: eight clients that came together leave apart.
     assert lengths[-1] - lengths[0] > 0.3, lengths
     assert lengths[-1] < 2 + 3, lengths  # never past the maximum (with slack for the machine)
+
+
+def _queried(proxy: FaultProxy, channel: str) -> list[bytes]:
+    """The Query requests that reached the store for ``channel``."""
+    quoted = f'"{channel}"'.encode()
+    return [body for op, body in proxy.requests if op == "query" and quoted in body]
+
+
+async def test_a_session_refused_by_the_feed_limit_pays_no_store_call_and_backs_off(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        max_feeds=1,
+        overload_retry_ms=20_000,
+        max_session_seconds=30,
+    )
+    following = asyncio.create_task(read_session(http, f"{server.url}/channels/followed/events"))
+    while "followed" not in server.hub.feeds:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    refused = [
+        await read_session(http, f"{server.url}/channels/refused-one/events"),
+        await read_session(http, f"{server.url}/channels/refused-one/events", last_event_id="0"),
+        await read_session(http, f"{server.url}/events?channel=refused-two&channel=followed"),
+        await read_session(http, f"{server.url}/events?channel=refused-two"),
+    ]
+    joined = await read_session(
+        http, f"{server.url}/channels/followed/events", stop=lambda events: True
+    )
+    following.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await following
+
+    assert _queried(fault_proxy, "followed")  # what is counted is what reaches the store
+    assert _queried(fault_proxy, "refused-one") == _queried(fault_proxy, "refused-two") == []
+    for session in refused:
+        assert (session.status, session.events) == (200, [])
+        assert session.retry is not None and 10_000 <= session.retry <= 20_000
+    assert len({session.retry for session in refused}) > 1  # jittered, not in step
+    assert joined.status == 200 and joined.last_event_id == "0"  # a followed channel: room kept

@@ -533,3 +533,21 @@ async def test_stream_ends_a_session_the_runtime_api_cuts_short_at_once(
     assert errors and all(line["requestId"] == outcome.request_id for line in errors)
     if cut == "oversized":
         assert "answered 413" in errors[0]["message"]
+
+
+async def test_stream_keeps_a_token_out_of_its_json_log_however_its_name_is_spelt(
+    runtime: Runtime,
+) -> None:
+    token = jwt.encode(
+        {"exp": 2_000_000_000, "sse": {"subscribe": ["orders:*"]}}, SECRET, algorithm="HS256"
+    )
+    async with runtime(SSE_GATEWAY_AUTH_SECRET=SECRET) as (emulator, rp):
+        event = load_event("subscribe_encoded")
+        event["cookies"] = []
+        event["rawQueryString"] = f"x=1&to%6Ben={token}"
+        outcome = await asyncio.wait_for(emulator.invoke(event, timeout_seconds=1.5), 20)
+        await emulator.wait_until(lambda: emulator.polling == 1)  # its outcome logged
+
+    assert outcome.prelude["statusCode"] == 200  # the app read it as the token
+    assert any("to%6Ben=[redacted]" in line["message"] for line in rp.logs())
+    assert not [line for line in rp.lines if token.split(".")[2] in line]

@@ -1,0 +1,121 @@
+"""What one client connection may hold on ``sse-gateway serve``: bounded heads, no stalls.
+
+The invariant: a connection that is not in a request (it has just connected, or
+it is between keep-alive requests and has started the next one) must send the
+whole request head, at most ``SSE_GATEWAY_MAX_HEADER_BYTES``, within
+``SSE_GATEWAY_HEADER_TIMEOUT_SECONDS``; else it gets ``431`` (or ``408``, or
+nothing if it sent nothing) and is closed. Beyond ``SSE_GATEWAY_MAX_CONNECTIONS``
+open connections, a new one is closed at once: EventSource retries after a
+network error, whereas uvicorn's ``limit_concurrency`` answers ``503``, which
+stops an EventSource for good. A connection in a request is not bounded here:
+an idle SSE stream is a request in progress, and a publish body has its own
+deadline in the app (``SSE_GATEWAY_BODY_TIMEOUT_SECONDS``).
+
+uvicorn bounds neither a request head under httptools (it accepted 32 MB) nor
+the wait for a first request (its keep-alive timeout starts only after a
+response), so these protocols add both on top of uvicorn's own, for either
+parser: they watch what arrives while no request is in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.settings import Settings
+
+_ANSWERS = {
+    408: b"408 Request Timeout",
+    431: b"431 Request Header Fields Too Large",
+}
+
+
+class _Bounds:
+    """Mixed into a uvicorn HTTP protocol; the class attributes come from ``protocol_for``."""
+
+    max_header_bytes = 32_768
+    header_timeout = 10.0
+    max_connections = 10_000
+
+    # What the uvicorn protocol it is mixed into provides.
+    cycle: Any
+    connections: set[Any]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if len(self.connections) > self.max_connections:
+            self.transport.abort()
+            return
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request():
+            if self._head_timer is None:  # the next request of a kept-alive connection
+                self._await_head()
+            self._head_bytes += len(data)
+        super().data_received(data)  # type: ignore[misc]
+        if self._in_request():
+            self._stop_head_timer()
+        elif self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._refuse(431)
+
+    def _in_request(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _await_head(self) -> None:
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_request() or self.transport.is_closing():
+            return
+        if self._head_bytes:
+            self._refuse(408)
+        else:
+            self.transport.close()  # a silent connection: there is no one to answer
+
+    def _refuse(self, status: int) -> None:
+        self._stop_head_timer()
+        reason = _ANSWERS[status]
+        self.transport.write(
+            b"HTTP/1.1 " + reason + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(reason) + reason
+        )
+        self.transport.close()
+
+
+class BoundedHttpTools(_Bounds, HttpToolsProtocol):
+    pass
+
+
+class BoundedH11(_Bounds, H11Protocol):
+    pass
+
+
+def protocol_for(http: str, settings: Settings) -> type[asyncio.Protocol]:
+    """The uvicorn HTTP protocol class for parser ``http`` with the settings' bounds."""
+    base = BoundedHttpTools if http == "httptools" else BoundedH11
+    bounds = {
+        "max_header_bytes": settings.max_header_bytes,
+        "header_timeout": settings.header_timeout_seconds,
+        "max_connections": settings.max_connections,
+    }
+    return type(base.__name__, (base,), bounds)

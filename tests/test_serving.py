@@ -1,0 +1,192 @@
+"""``sse-gateway serve`` against hostile connections, as an attacker makes them: raw
+sockets to a real process, under either HTTP parser."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.settings import Settings
+from gateway.store import EventLog
+from tests.servers import free_port, sse_gateway_command
+
+# Generous: each wait is bounded by a configured timeout of about a second.
+SLACK_SECONDS = 20
+Serve = Callable[..., AbstractAsyncContextManager[tuple[str, int]]]
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def serve(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+) -> Serve:
+    """A factory: ``sse-gateway serve`` on the test's table with these settings."""
+    http = request.param
+
+    @contextmanager
+    def process(port: int, env: dict[str, str]) -> Iterator[None]:
+        command = sse_gateway_command("serve", "--port", str(port), "--http", http)
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=None)
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            yield
+        finally:
+            child.kill()
+            child.wait()
+
+    @asynccontextmanager
+    async def start(**settings: Any) -> AsyncIterator[tuple[str, int]]:
+        base = make_settings()
+        async with open_log():  # creates the table
+            pass
+        env = {
+            **os.environ,
+            "SSE_GATEWAY_TABLE_NAME": base.table_name,
+            "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": str(base.dynamodb_endpoint_url),
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        env.update({f"SSE_GATEWAY_{k.upper()}": str(v) for k, v in settings.items()})
+        port = free_port()
+        with process(port, env):
+            yield http, port
+
+    return start
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(SLACK_SECONDS)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """All the server sends until it closes the connection (a reset counts as closed)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def _healthy(port: int) -> bool:
+    return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+
+
+async def test_a_request_head_beyond_the_bound_is_refused_and_closed(serve: Serve) -> None:
+    async with serve() as (http, port):  # the default bound, 32 KiB
+        with _connect(port) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65_536)
+            answer = _read_until_closed(sock)
+        assert _healthy(port)
+    # h11 refuses an oversized head itself (uvicorn answers its error 400).
+    status = b"431" if http == "httptools" else b"400"
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+
+
+async def test_a_head_sent_in_time_and_within_the_bound_is_served(serve: Serve) -> None:
+    async with serve(header_timeout_seconds=1) as (_, port):
+        with _connect(port) as sock:
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fine: " + b"a" * 16_000 + b"\r\n\r\n"
+            sock.sendall(head)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_partial_head_and_a_silent_connection_are_closed_at_the_header_timeout(
+    serve: Serve,
+) -> None:
+    async with serve(header_timeout_seconds=1) as (_, port):
+        with _connect(port) as partial, _connect(port) as silent:
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert _read_until_closed(partial).startswith(b"HTTP/1.1 408")
+            assert _read_until_closed(silent) == b""
+        with _connect(port) as kept:  # the next request of a kept-alive connection too
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert b"HTTP/1.1 408" in _read_until_closed(kept)
+
+
+async def test_a_trickled_publish_body_gets_408_at_the_body_timeout(serve: Serve) -> None:
+    async with serve(body_timeout_seconds=1) as (_, port):
+        with _connect(port) as sock:
+            sock.sendall(
+                b"POST /channels/c/events HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            answer = b""
+            for _ in range(SLACK_SECONDS * 4):  # a byte every 0.25 s, as long as it listens
+                try:
+                    sock.sendall(b" ")
+                    sock.settimeout(0.25)
+                    answer += sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                if not answer or answer.endswith(b"}"):
+                    break
+            sock.settimeout(SLACK_SECONDS)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b'"code":"request_timeout"' in answer
+        assert b"connection: close" in answer.lower()
+
+
+async def test_an_idle_event_stream_outlives_the_header_timeout(serve: Serve) -> None:
+    async with serve(header_timeout_seconds=0.5, heartbeat_seconds=0.5) as (_, port):
+        with _connect(port) as sock:
+            sock.sendall(b"GET /channels/idle/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while received.count(b":\n\n") < 6:  # six heartbeats: six header timeouts
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+
+
+async def test_connections_beyond_the_bound_are_closed_at_once_and_streams_keep_theirs(
+    serve: Serve,
+) -> None:
+    async with serve(max_connections=2, heartbeat_seconds=0.5) as (_, port):
+        streams = [_connect(port) for _ in range(2)]
+        for stream in streams:
+            stream.sendall(b"GET /channels/held/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert stream.recv(65536).startswith(b"HTTP/1.1 200")
+        with _connect(port) as third:
+            try:
+                third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert _read_until_closed(third) == b""  # a network error: EventSource retries
+        streams.pop().close()
+        for _ in range(SLACK_SECONDS * 10):  # until the server has seen it go
+            try:
+                if _healthy(port):
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("no room came back after a stream closed")
+        received = b""
+        while b":\n\n" not in received:  # the stream that stayed still beats
+            chunk = streams[0].recv(65536)
+            assert chunk, received
+            received += chunk
+        streams[0].close()
