@@ -3,12 +3,13 @@ sockets to a real process, under either HTTP parser."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from tests.servers import free_port, sse_gateway_command
 
 # Generous: each wait is bounded by a configured timeout of about a second.
 SLACK_SECONDS = 20
-Serve = Callable[..., AbstractAsyncContextManager[tuple[str, int]]]
+Serve = Callable[..., AbstractContextManager[tuple[str, int]]]
 
 
 @pytest.fixture(params=["httptools", "h11"])
@@ -48,11 +49,14 @@ def serve(
             child.kill()
             child.wait()
 
-    @asynccontextmanager
-    async def start(**settings: Any) -> AsyncIterator[tuple[str, int]]:
-        base = make_settings()
-        async with open_log():  # creates the table
+    async def create_table() -> None:
+        async with open_log():
             pass
+
+    @contextmanager
+    def start(**settings: Any) -> Iterator[tuple[str, int]]:
+        base = make_settings()
+        asyncio.run(create_table())
         env = {
             **os.environ,
             "SSE_GATEWAY_TABLE_NAME": base.table_name,
@@ -90,8 +94,8 @@ def _healthy(port: int) -> bool:
     return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
 
 
-async def test_a_request_head_beyond_the_bound_is_refused_and_closed(serve: Serve) -> None:
-    async with serve() as (http, port):  # the default bound, 32 KiB
+def test_a_request_head_beyond_the_bound_is_refused_and_closed(serve: Serve) -> None:
+    with serve() as (http, port):  # the default bound, 32 KiB
         with _connect(port) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65_536)
             answer = _read_until_closed(sock)
@@ -101,18 +105,17 @@ async def test_a_request_head_beyond_the_bound_is_refused_and_closed(serve: Serv
     assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
 
 
-async def test_a_head_sent_in_time_and_within_the_bound_is_served(serve: Serve) -> None:
-    async with serve(header_timeout_seconds=1) as (_, port):
-        with _connect(port) as sock:
-            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fine: " + b"a" * 16_000 + b"\r\n\r\n"
-            sock.sendall(head)
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+def test_a_head_sent_in_time_and_within_the_bound_is_served(serve: Serve) -> None:
+    with serve(header_timeout_seconds=1) as (_, port), _connect(port) as sock:
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fine: " + b"a" * 16_000 + b"\r\n\r\n"
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
 
 
-async def test_a_partial_head_and_a_silent_connection_are_closed_at_the_header_timeout(
+def test_a_partial_head_and_a_silent_connection_are_closed_at_the_header_timeout(
     serve: Serve,
 ) -> None:
-    async with serve(header_timeout_seconds=1) as (_, port):
+    with serve(header_timeout_seconds=1) as (_, port):
         with _connect(port) as partial, _connect(port) as silent:
             partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             assert _read_until_closed(partial).startswith(b"HTTP/1.1 408")
@@ -124,8 +127,8 @@ async def test_a_partial_head_and_a_silent_connection_are_closed_at_the_header_t
             assert b"HTTP/1.1 408" in _read_until_closed(kept)
 
 
-async def test_a_trickled_publish_body_gets_408_at_the_body_timeout(serve: Serve) -> None:
-    async with serve(body_timeout_seconds=1) as (_, port):
+def test_a_trickled_publish_body_gets_408_at_the_body_timeout(serve: Serve) -> None:
+    with serve(body_timeout_seconds=1) as (_, port):
         with _connect(port) as sock:
             sock.sendall(
                 b"POST /channels/c/events HTTP/1.1\r\nHost: x\r\n"
@@ -149,8 +152,8 @@ async def test_a_trickled_publish_body_gets_408_at_the_body_timeout(serve: Serve
         assert b"connection: close" in answer.lower()
 
 
-async def test_an_idle_event_stream_outlives_the_header_timeout(serve: Serve) -> None:
-    async with serve(header_timeout_seconds=0.5, heartbeat_seconds=0.5) as (_, port):
+def test_an_idle_event_stream_outlives_the_header_timeout(serve: Serve) -> None:
+    with serve(header_timeout_seconds=0.5, heartbeat_seconds=0.5) as (_, port):
         with _connect(port) as sock:
             sock.sendall(b"GET /channels/idle/events HTTP/1.1\r\nHost: x\r\n\r\n")
             received = b""
@@ -161,19 +164,17 @@ async def test_an_idle_event_stream_outlives_the_header_timeout(serve: Serve) ->
         assert received.startswith(b"HTTP/1.1 200")
 
 
-async def test_connections_beyond_the_bound_are_closed_at_once_and_streams_keep_theirs(
+def test_connections_beyond_the_bound_are_closed_at_once_and_streams_keep_theirs(
     serve: Serve,
 ) -> None:
-    async with serve(max_connections=2, heartbeat_seconds=0.5) as (_, port):
+    with serve(max_connections=2, heartbeat_seconds=0.5) as (_, port):
         streams = [_connect(port) for _ in range(2)]
         for stream in streams:
             stream.sendall(b"GET /channels/held/events HTTP/1.1\r\nHost: x\r\n\r\n")
             assert stream.recv(65536).startswith(b"HTTP/1.1 200")
         with _connect(port) as third:
-            try:
+            with suppress(BrokenPipeError, ConnectionResetError):
                 third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
             assert _read_until_closed(third) == b""  # a network error: EventSource retries
         streams.pop().close()
         for _ in range(SLACK_SECONDS * 10):  # until the server has seen it go
