@@ -27,12 +27,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.auth import Action, Authenticator, bearer_token
+from gateway.auth import Action, Authenticator, Granted, bearer_token
 from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
     RequestTimeout,
     StoreUnavailable,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -41,6 +42,7 @@ from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
 from gateway.notify import notifier_for
 from gateway.publisher import Publisher
+from gateway.quota import Lease, LeasedStream, SubjectQuota
 from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
 from gateway.store import EventLog
@@ -165,6 +167,9 @@ def create_app(
     )
     metrics.watch_feeds(lambda: len(hub.feeds))
     publisher = Publisher(store, settings, hub, metrics, notifier)
+    quota = SubjectQuota(
+        max_sessions=settings.max_sessions_per_subject, max_feeds=settings.max_feeds_per_subject
+    )
     rng = random.Random()
     authenticator = Authenticator(settings) if settings.auth_enabled else None
     if authenticator is None:
@@ -173,14 +178,23 @@ def create_app(
             "(or SSE_GATEWAY_AUTH_PUBLIC_KEY) to require JWT channel grants"
         )
 
-    def authorize(request: Request, action: Action, *channels: str) -> float | None:
-        """Checks the request's token; returns when its grant ends (None without auth)."""
+    def authorize(request: Request, action: Action, *channels: str) -> Granted | None:
+        """Checks the request's token (None without auth)."""
         if authenticator is None:
             return None
         token = bearer_token(request.headers, request.query_params, request.cookies)
         return authenticator.authorize(token, action, *channels)
 
-    def session_timing(request: Request, grant_ends: float | None) -> SessionTiming:
+    def admit(request: Request, granted: Granted | None, channels: list[str]) -> Lease:
+        """The subject's place for a session on ``channels`` (``gateway.quota``): the
+        token's subject, or without auth the client's address."""
+        if granted is not None:
+            subject = granted.subject
+        else:
+            subject = f"address {request.client.host if request.client else 'unknown'}"
+        return quota.acquire(subject, channels)
+
+    def session_timing(request: Request, granted: Granted | None) -> SessionTiming:
         """A session's length is drawn from [(1 - jitter) x max, max], so clients that
         came together do not all come back together; it never outlives the host's
         deadline nor the token (the reconnect then gets 401 and the client a new token)."""
@@ -190,8 +204,8 @@ def create_app(
         if (hard_deadline := host_deadline(request)) is not None:
             deadline = min(deadline, hard_deadline)
         token_bound = False
-        if grant_ends is not None:
-            token_ends = now + grant_ends - time.time()  # on the monotonic clock
+        if granted is not None:
+            token_ends = now + granted.until - time.time()  # on the monotonic clock
             token_bound = token_ends < deadline
             deadline = min(deadline, token_ends)
         return SessionTiming(
@@ -211,11 +225,16 @@ def create_app(
 
     async def stream_events(request: Request) -> EventStreamResponse:
         channel = check_channel(request.path_params["channel"])
-        timing = session_timing(request, authorize(request, Action.SUBSCRIBE, channel))
+        granted = authorize(request, Action.SUBSCRIBE, channel)
+        lease = admit(request, granted, [channel])
+        timing = session_timing(request, granted)
         after = last_event_id(request)
         return EventStreamResponse(
-            lambda outlet: event_stream(
-                channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
+            lambda outlet: LeasedStream(
+                lease,
+                event_stream(
+                    channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
+                ),
             )
         )
 
@@ -223,11 +242,16 @@ def create_app(
         channels = check_channels(
             request.query_params.getlist("channel"), settings.max_channels_per_connection
         )
-        timing = session_timing(request, authorize(request, Action.SUBSCRIBE, *channels))
+        granted = authorize(request, Action.SUBSCRIBE, *channels)
+        lease = admit(request, granted, channels)
+        timing = session_timing(request, granted)
         after = last_event_id(request)
         return EventStreamResponse(
-            lambda _: multi_event_stream(
-                channels, after, store=store, hub=hub, timing=timing, metrics=metrics
+            lambda _: LeasedStream(
+                lease,
+                multi_event_stream(
+                    channels, after, store=store, hub=hub, timing=timing, metrics=metrics
+                ),
             )
         )
 
@@ -305,6 +329,8 @@ def create_app(
             response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
         if isinstance(exc, StoreUnavailable):
             response.headers["Retry-After"] = "1"
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(max(1, settings.overload_retry_ms // 1000))
         return response
 
     async def http_error(request: Request, exc: Exception) -> Response:

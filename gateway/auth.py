@@ -12,6 +12,7 @@ an audience or issuer configured, PyJWT also requires the matching ``aud`` /
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,9 +56,12 @@ class Grants:
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     expires_at: float | None = None  # the token's ``exp``
+    subject: str | None = None  # the token's ``sub``
 
     @classmethod
-    def from_claim(cls, claim: Any, expires_at: float | None = None) -> Grants:
+    def from_claim(
+        cls, claim: Any, expires_at: float | None = None, subject: str | None = None
+    ) -> Grants:
         if not isinstance(claim, Mapping) or not set(claim) <= {"subscribe", "publish"}:
             raise Unauthorized(
                 'the token\'s "sse" claim must be {"subscribe": [...], "publish": [...]}'
@@ -70,11 +74,21 @@ class Grants:
                     f'the token\'s "sse.{action.value}" must be a list of channel patterns'
                 )
             lists[action.value] = tuple(patterns)
-        return cls(lists["subscribe"], lists["publish"], expires_at)
+        return cls(lists["subscribe"], lists["publish"], expires_at, subject)
 
     def allows(self, action: Action, channel: str) -> bool:
         patterns = self.subscribe if action is Action.SUBSCRIBE else self.publish
         return any(pattern_matches(p, channel) for p in patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """What an authorized request may rely on: until when (``time.time()``, leeway
+    included) the token grants it, and who holds the token (its ``sub``, else a
+    digest of the token itself), whose share of the process it uses."""
+
+    until: float
+    subject: str
 
 
 def bearer_token(
@@ -129,14 +143,16 @@ class Authenticator:
             raise Unauthorized(f"the token is from another issuer: {exc}") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"the token is invalid: {exc}") from exc
-        return Grants.from_claim(claims["sse"], float(claims["exp"]))
+        sub = claims.get("sub")
+        subject = sub if isinstance(sub, str) and sub else None
+        return Grants.from_claim(claims["sse"], float(claims["exp"]), subject)
 
-    def authorize(self, token: str | None, action: Action, *channels: str) -> float:
-        """Raises unless the token grants ``action`` on every channel; returns the
-        time (``time.time()``) after which it no longer does, leeway included."""
+    def authorize(self, token: str | None, action: Action, *channels: str) -> Granted:
+        """Raises unless the token grants ``action`` on every channel."""
         grants = self.grants(token)
         for channel in channels:
             if not grants.allows(action, channel):
                 raise Forbidden(f"the token does not grant {action.value} on channel {channel!r}")
-        assert grants.expires_at is not None  # PyJWT requires "exp"
-        return grants.expires_at + self._leeway
+        assert grants.expires_at is not None and token is not None  # PyJWT requires "exp"
+        subject = grants.subject or "token " + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return Granted(grants.expires_at + self._leeway, subject)
