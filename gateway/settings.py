@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         "auth) may start and hold alone; beyond it: 429 too_many_feeds",
     )
     max_sessions_per_subject: int = Field(
-        64, ge=1, description="open sessions one subject may hold; beyond it: 429"
+        256, ge=1, description="open sessions one subject may hold; beyond it: 429"
     )
     overload_retry_ms: int = Field(
         15_000,

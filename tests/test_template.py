@@ -254,13 +254,16 @@ def test_template_parameters_hold_only_values_the_settings_accept(
             assert "MaxValue" in spec or not bounds & {"Le", "Lt"}, parameter
 
 
-def test_template_turns_idle_release_on_only_when_set(template: dict[str, Any]) -> None:
+def test_template_turns_idle_release_on_by_default_and_off_when_emptied(
+    template: dict[str, Any],
+) -> None:
+    """On by default: an abandoned connection on an idle channel releases its environment."""
     for name in ("SubscribeFunction", "ManagedSubscribeFunction"):
         variables = _function(template, name)["Environment"]["Variables"]
         expression = variables[f"{ENV_PREFIX}IDLE_SESSION_SECONDS"]
-        assert _evaluate(expression, _parameters(template), template) == {"Ref": "AWS::NoValue"}
-        on = _parameters(template, IdleSessionSeconds="30")
-        assert _evaluate(expression, on, template) == "30"
+        assert _evaluate(expression, _parameters(template), template) == "30"
+        off = _parameters(template, IdleSessionSeconds="")
+        assert _evaluate(expression, off, template) == {"Ref": "AWS::NoValue"}
 
 
 def _evaluate(node: Any, parameters: dict[str, Any], template: dict[str, Any]) -> Any:
