@@ -11,7 +11,6 @@ import logging
 import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -27,14 +26,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.answers import IDEMPOTENCY_KEY_HEADER, answer_error, error_response
 from gateway.auth import Action, Authenticator, Granted, bearer_token
 from gateway.errors import (
     GatewayError,
     PayloadTooLarge,
     RequestTimeout,
     StoreUnavailable,
-    TooManyRequests,
-    Unauthorized,
     UnsupportedMediaType,
 )
 from gateway.hub import ChannelHub
@@ -59,31 +57,10 @@ from gateway.validation import (
 # a request (a session ends by it, a publish answers by it), as a
 # ``time.monotonic()`` value.
 DEADLINE_EXTENSION = "sse_gateway.deadline"
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 logger = logging.getLogger(__name__)
 
 CLIENT_HEADERS = {"Cache-Control": "public, max-age=300"}
-
-
-# What a client is told of a server-side failure: a stable code and words of our
-# own. The details (botocore's text, the endpoint, the table) go to the log only,
-# under the request id the answer carries.
-_SERVER_ERROR_MESSAGES = {
-    "store_unavailable": "the event store is unavailable: try again shortly",
-    "store_misconfigured": "the gateway cannot use its event store: its operator must check "
-    "SSE_GATEWAY_TABLE_NAME and its permissions (its log says more)",
-}
-_UNSURE_PUBLISH = (
-    " The publish may or may not be stored: publish again with the same "
-    f"{IDEMPOTENCY_KEY_HEADER} header to store it exactly once."
-)
-
-
-def error_response(status_code: int, code: str, message: str, **extra: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, **extra}}, status_code=status_code
-    )
 
 
 async def read_capped_body(request: Request, limit: int, within: float) -> bytes:
@@ -300,38 +277,12 @@ def create_app(
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        if exc.status_code >= 500:
-            request_id = uuid.uuid4().hex[:16]
-            logger.error(
-                "%s %s answered %d %s (request id %s): %s",
-                request.method,
-                request.url.path,
-                exc.status_code,
-                exc.code,
-                request_id,
-                exc.message,
-            )
-            message = _SERVER_ERROR_MESSAGES.get(exc.code, "internal error")
-            if isinstance(exc, StoreUnavailable) and request.method == "POST":
-                message += "." + _UNSURE_PUBLISH
-            response = error_response(
-                exc.status_code,
-                exc.code,
-                f"{message} (request id {request_id})",
-                request_id=request_id,
-            )
-        else:
-            response = error_response(exc.status_code, exc.code, exc.message)
-        if isinstance(exc, RequestTimeout):
-            # A client this slow is not kept for another request.
-            response.headers["Connection"] = "close"
-        if isinstance(exc, Unauthorized):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
-        if isinstance(exc, StoreUnavailable):
-            response.headers["Retry-After"] = "1"
-        if isinstance(exc, TooManyRequests):
-            response.headers["Retry-After"] = str(max(1, settings.overload_retry_ms // 1000))
-        return response
+        return answer_error(
+            exc,
+            request.method,
+            request.url.path,
+            too_many_retry_after=max(1, settings.overload_retry_ms // 1000),
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
