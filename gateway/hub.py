@@ -429,11 +429,16 @@ class ChannelHub:
             return None
         return feed
 
-    def admits(self, channels: Collection[str]) -> bool:
-        """Whether a session on ``channels`` may start the feeds it lacks, before it
-        pays a store call: the channels the process follows take no new feed."""
+    def admit(self, channels: Collection[str]) -> None:
+        """Raises ``FeedLimitReached`` unless a session on ``channels`` may start the
+        feeds it lacks: checked before it pays a store call. Channels the process
+        follows take no new feed, so they always have room."""
         new = sum(1 for channel in set(channels) if channel not in self._feeds)
-        return new == 0 or len(self._feeds) + new <= self._max_feeds
+        if new and len(self._feeds) + new > self._max_feeds:
+            raise FeedLimitReached(
+                f"this process follows {len(self._feeds)} channels already; {new} more would "
+                "pass SSE_GATEWAY_MAX_FEEDS"
+            )
 
     def subscribe(self, channel: str, head: LogEnd | ChannelFeed | None) -> ChannelFeed:
         """The channel's feed for a session that found ``head`` as the log's newest item

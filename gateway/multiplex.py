@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from gateway import composite, wire
 from gateway.cursor import Position, ResetReason, Start
-from gateway.errors import FeedLimitReached
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics
 from gateway.session import (
@@ -67,8 +66,7 @@ async def _multiple(
     timing: SessionTiming,
     metrics: Metrics,
 ) -> Body:
-    if not hub.admits(channels):  # before any store call (see session.open_channel)
-        raise FeedLimitReached(f"this process follows {len(hub.feeds)} channels already")
+    hub.admit(channels)  # before any store call (see session.open_channel)
     requested = composite.decode(last_event_id, channels)
     opened: list[Opened] = []  # every channel subscribed so far, whenever the client leaves
 

@@ -7,9 +7,10 @@ whole request head, at most ``SSE_GATEWAY_MAX_HEADER_BYTES``, within
 nothing if it sent nothing) and is closed. Beyond ``SSE_GATEWAY_MAX_CONNECTIONS``
 open connections, a new one is closed at once: EventSource retries after a
 network error, whereas uvicorn's ``limit_concurrency`` answers ``503``, which
-stops an EventSource for good. A connection in a request is not bounded here:
+stops an EventSource for good. A connection in a request has no timeout here:
 an idle SSE stream is a request in progress, and a publish body has its own
-deadline in the app (``SSE_GATEWAY_BODY_TIMEOUT_SECONDS``).
+deadline in the app (``SSE_GATEWAY_BODY_TIMEOUT_SECONDS``); only what a GET
+sends after its head (a pipelined request) is bounded like a head.
 
 uvicorn bounds neither a request head under httptools (it accepted 32 MB) nor
 the wait for a first request (its keep-alive timeout starts only after a
@@ -61,15 +62,24 @@ class _Bounds:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
         if not self._in_request():
             if self._head_timer is None:  # the next request of a kept-alive connection
                 self._await_head()
             self._head_bytes += len(data)
+        elif cycle.scope["method"] == "GET":
+            # A GET here has no body: what arrives during one (an open stream) is a
+            # pipelined request, whose head httptools would gather without bound.
+            self._head_bytes += len(data)
         super().data_received(data)  # type: ignore[misc]
-        if self._in_request():
+        if self._in_request() and self.cycle is not cycle:  # a head came whole
             self._stop_head_timer()
-        elif self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
-            self._refuse(431)
+            self._head_bytes = 0
+        if self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+            if self._in_request():
+                self.transport.close()  # mid-response: there is no answering it
+            else:
+                self._refuse(431)
 
     def _in_request(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete

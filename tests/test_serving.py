@@ -191,3 +191,17 @@ def test_connections_beyond_the_bound_are_closed_at_once_and_streams_keep_theirs
             assert chunk, received
             received += chunk
         streams[0].close()
+
+
+def test_a_pipelined_head_behind_an_open_stream_is_bounded_too(serve: Serve) -> None:
+    with serve(max_header_bytes=4096, heartbeat_seconds=0.5, max_session_seconds=3) as (http, port):
+        with _connect(port) as sock:
+            sock.sendall(b"GET /channels/piped/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            with suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 65_536)
+            if http == "httptools":  # h11 stops reading a pipelined request instead
+                # Returns once the server closes (a TimeoutError if it never did) ...
+                received = _read_until_closed(sock)
+                assert b'"status":"ok"' not in received  # ... and nothing was served
+        assert _healthy(port)
