@@ -100,7 +100,8 @@ def gateway_process(dynamodb_endpoint: str) -> Iterator[Callable[..., GatewayPro
     processes: list[GatewayProcess] = []
 
     def start(**settings: Any) -> GatewayProcess:
-        env = {"SSE_GATEWAY_TABLE_NAME": table}
+        # As make_settings: a store error ends a session with the normal retry here.
+        env = {"SSE_GATEWAY_TABLE_NAME": table, "SSE_GATEWAY_OVERLOAD_RETRY_MS": "200"}
         env.update({f"SSE_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()})
         process = GatewayProcess(dynamodb_endpoint, env).start()
         processes.append(process)
