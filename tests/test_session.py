@@ -417,7 +417,7 @@ async def test_session_lengths_are_spread_over_the_jitter(
 def _queried(proxy: FaultProxy, channel: str) -> list[bytes]:
     """The Query requests that reached the store for ``channel``."""
     quoted = f'"{channel}"'.encode()
-    return [body for op, body in proxy.requests if op == "query" and quoted in body]
+    return [r.body for r in proxy.traced if r.operation == "query" and quoted in r.body]
 
 
 async def test_a_session_refused_by_the_feed_limit_pays_no_store_call_and_backs_off(
