@@ -39,6 +39,9 @@ from bench.common import (
 )
 from bench.latency import measure
 
+# Every subscriber of the bench comes from one address with auth off: one subject,
+# whose shares (gateway/quota.py) must not be what is measured.
+ONE_SUBJECT = {"max_sessions_per_subject": 100_000, "max_feeds_per_subject": 100_000}
 QUERIES = re.compile(r'^sse_gateway_store_requests_total\{operation="query"\} (\S+)$', re.M)
 
 
@@ -114,10 +117,11 @@ async def main() -> None:
     table = f"bench-notify-{time.time_ns()}"
     rows: list[dict[str, object]] = []
     with moto_server() as moto, redis_server() as redis, contextlib.ExitStack() as stack:
-        plain = stack.enter_context(gateway(moto.url, table_name=table))
-        plain_writer = stack.enter_context(gateway(moto.url, table_name=table))
-        notified = stack.enter_context(gateway(moto.url, table_name=table, notify_url=redis))
-        notified_writer = stack.enter_context(gateway(moto.url, table_name=table, notify_url=redis))
+        settings = {"table_name": table, **ONE_SUBJECT}
+        plain = stack.enter_context(gateway(moto.url, **settings))
+        plain_writer = stack.enter_context(gateway(moto.url, **settings))
+        notified = stack.enter_context(gateway(moto.url, **settings, notify_url=redis))
+        notified_writer = stack.enter_context(gateway(moto.url, **settings, notify_url=redis))
         scenarios = [
             ("in-process publish", plain, plain),
             ("through another process, polling", plain, plain_writer),
