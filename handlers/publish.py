@@ -82,6 +82,12 @@ class PublishFunction:
     def close(self) -> None:
         """Release the client (execution environments end without this; tests call it)."""
         if self._loop is not None:
+            # As asyncio.run ends: a write still out (a hung DynamoDB) is cancelled and
+            # finishes on its own loop, not in whatever collects it later.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._resources.aclose())
             self._loop.close()
             self._loop = None
