@@ -104,6 +104,9 @@ HEAD = Position("abcdef01", 50)
         # the same epoch: resume after the position, or say it is ahead of the log
         (Entry(0xABC, 40), 1, Start(Position("abcdef01", 40))),
         (Entry(0xABC, 60), 1, Start(HEAD, reset=ResetReason.AHEAD_OF_LOG)),
+        # the slot just below the epoch's first event is the epoch's own "before its
+        # first event", as a session at a new incarnation's start encodes it
+        (Entry(0xABC, 40), 41, Start(Position("abcdef01", 40))),
         # another epoch that the current one began after: read on from the position
         (Entry(0x123, 30), 41, Start(Position("~123", 30))),
         # a fingerprint that matches below where the epoch began is another epoch too
