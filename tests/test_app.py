@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from gateway.cursor import parse_event_id
-from gateway.validation import parse_json_body
+from gateway.errors import InvalidInput
+from gateway.validation import events_from_body, parse_json_body
 from tests.eventstream import read_session
 from tests.servers import GatewayServer
 from tests.strategies import bodies
@@ -375,23 +376,41 @@ def fuzzed_server(gateway: StartGateway) -> GatewayServer:
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(body=bodies)
+@example(body='{"events":[{"data":{"k":[1,"\\u00e9"]}},{"data":null}]}')  # always one to store
+@example(body='{"data":"\\ud83d"}')  # and one to refuse
 async def test_every_json_body_is_stored_as_sent_or_answered_4xx(
     fuzzed_server: GatewayServer, http: httpx.AsyncClient, body: str
 ) -> None:
+    # The answer over HTTP is the one the validation gives in-process: a server
+    # that refused everything (or stored everything) would differ.
+    limits = fuzzed_server.settings
+    try:
+        expected = events_from_body(
+            parse_json_body(body.encode()),
+            max_event_bytes=limits.max_event_bytes,
+            max_batch_events=limits.max_batch_events,
+        )
+    except InvalidInput as exc:
+        refused: InvalidInput | None = exc
+    else:
+        refused = None
     url = f"{fuzzed_server.url}/channels/fuzz/events"
     response = await http.post(url, content=body, headers={"content-type": "application/json"})
-    if response.status_code != 201:
-        assert 400 <= response.status_code < 500, response.text
-        assert response.json()["error"]["message"]
+    if refused is not None:
+        assert response.status_code == refused.status_code, response.text
+        assert response.json()["error"] == {"code": refused.code, "message": refused.message}
         return
+    assert response.status_code == 201, response.text
     ids = response.json()["ids"]
-    sent = json.loads(body)
-    values = [e["data"] for e in sent["events"]] if "events" in sent else [sent["data"]]
+    assert len(ids) == len(expected)
     epoch, first = ids[0].split("-")
     replay = await read_session(
         http, url, last_event_id=f"{epoch}-{int(first) - 1}", stop=lambda e: len(e) == len(ids)
     )
     assert [e.last_event_id for e in replay.events] == ids
+    assert [e.data for e in replay.events] == [e.data for e in expected]
+    sent = json.loads(body)
+    values = [e["data"] for e in sent["events"]] if "events" in sent else [sent["data"]]
     assert [parse_json_body(e.data.encode()) for e in replay.events] == values
 
 
