@@ -276,7 +276,8 @@ async def test_a_session_ends_at_its_tokens_expiry_and_the_reconnect_is_refused(
     started = time.monotonic()
     sessions = await asyncio.gather(*(read_session(http, url) for url in urls))
     assert [(s.status, s.retry) for s in sessions] == [(200, 50), (200, 50)]
-    assert time.monotonic() - started < 10  # ended by the token, not the 30 s deadline
+    # Ended by the token (3 s), not by the 30 s deadline: nearer the one than the other.
+    assert time.monotonic() - started < (3 + 30) / 2
     for url in urls:
         refused = await read_session(http, url)
         assert refused.status == 401
