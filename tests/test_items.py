@@ -134,6 +134,12 @@ def test_an_idempotency_record_names_its_append_and_expires_with_it() -> None:
         "channel": {"S": "room#key-1"},
         "seq": {"N": "0"},
     }
+    lone = idempotency_record("room", "k", digest, Batch(events[:1], 1_000_600, "w3"))
+    assert (lone["epoch"], lone["first"], lone["count"]) == (
+        {"S": "bbbbbbbb"},
+        {"N": "7"},
+        {"N": "1"},
+    )
     decoded = decode_idempotency_record(record)
     assert decoded == IdempotencyRecord(digest, "bbbbbbbb", 7, 2, "w2")
     assert decoded.events([NewEvent("1"), NewEvent("2", "e")]) == [
