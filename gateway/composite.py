@@ -19,12 +19,18 @@ gateway answers; nothing else changes).
 What the short fields cost, and why it is safe: a fingerprint that differs from
 the head's epoch proves another epoch, and one that matches while the seq lies
 below where the head's epoch began proves a collision; both are then read as an
-old epoch, exactly as a full id of another epoch is. What a fingerprint cannot
-tell apart is a log that started over from nothing (every item deleted, or a
-purge) with a colliding epoch: a 1 in 4096 chance, only for a subscriber away
-through such a restart. A tag collision between a channel of the cursor and an
-unrelated channel of a new request can at worst give that channel an old
-position of another epoch (a ``reset`` or some history), never a silent gap.
+old epoch, exactly as a full id of another epoch is. An epoch that opens above
+an older one's item (TTL deleted what followed it) takes the next fingerprint
+after that epoch's (``cursor.new_epoch``), so no two epochs of such a chain
+share one, however far a cursor's seq lies past where the newer one began. What
+a fingerprint cannot tell apart is an epoch of a log that started over from
+nothing (a purge, a replaced table: a random fingerprint) from one before it:
+a 1 in 4096 chance per epoch opened since, only for a subscriber away through
+such a restart.
+
+A tag collision between a channel of the cursor and an unrelated channel of a
+new request can at worst give that channel an old position of another epoch (a
+``reset`` or some history), never a silent gap.
 When a request names fewer of the colliding channels than the cursor holds, the
 entries cannot be told apart, and those channels start at their head with a
 ``reset``.
@@ -37,7 +43,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_position
+from gateway.cursor import EMPTY, Position, ResetReason, Start, fingerprint, resolve_position
 
 _BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _MORE = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # a seq digit with more to come
@@ -63,9 +69,8 @@ def channel_tag(channel: str) -> str:
 
 
 def epoch_fingerprint(epoch: str) -> int:
-    # Epochs are random hex: any 12 bits of one will do. An epoch known only by its
-    # fingerprint (see ``Requested.start``) keeps it.
-    return int(epoch.removeprefix(UNKNOWN_EPOCH)[:3], 16)
+    # An epoch known only by its fingerprint (see ``Requested.start``) keeps it.
+    return fingerprint(epoch.removeprefix(UNKNOWN_EPOCH))
 
 
 def _seq(seq: int) -> str:

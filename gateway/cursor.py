@@ -43,8 +43,27 @@ class Position:
 EMPTY = Position(None, 0)
 
 
-def new_epoch() -> str:
-    return secrets.token_hex(4)
+# An epoch's first three hex digits are its fingerprint in a composite cursor
+# (``gateway.composite``), where an entry has room for 12 bits of it.
+FINGERPRINT_DIGITS = 3
+
+
+def fingerprint(epoch: str) -> int:
+    return int(epoch[:FINGERPRINT_DIGITS], 16)
+
+
+def new_epoch(above: str | None = None) -> str:
+    """A name for a new incarnation of a log. One that opens above an item of epoch
+    ``above`` takes the next fingerprint after that epoch's, so the epochs of one
+    chain of openings never share a fingerprint (fewer than 4096 of them, each
+    opened only after the previous one's newest item expired): a composite cursor
+    of an older epoch can never pass for the current one. A log that starts from
+    nothing (a purge) gets a random one."""
+    if above is None:
+        return secrets.token_hex(4)
+    successor = (fingerprint(above) + 1) % 16**FINGERPRINT_DIGITS
+    random_digits = secrets.token_hex(4)[FINGERPRINT_DIGITS:]
+    return f"{successor:0{FINGERPRINT_DIGITS}x}{random_digits}"
 
 
 def parse_event_id(text: str) -> Position | None:
@@ -66,11 +85,19 @@ class ResetReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Where a session begins and what it must tell the client first."""
+    """Where a session begins and what it must tell the client first. ``held`` is
+    the position the client holds until it gets that reset: its own, when it is
+    one of ours, else ``EMPTY`` (no id may claim what the client has not seen)."""
 
     cursor: Position
     fresh: bool = False
     reset: ResetReason | None = None
+    held: Position = EMPTY
+
+    @property
+    def client_position(self) -> Position:
+        """The client's position before the session's first frame."""
+        return self.cursor if self.reset is None else self.held
 
 
 def resolve_start(last_event_id: str | None, head: Position, since: int = 1) -> Start:
@@ -91,17 +118,18 @@ def resolve_position(requested: Position, head: Position, since: int = 1) -> Sta
         # to it (and step() tells it what expired unseen).
         return Start(EMPTY)
     if head.epoch is None:
-        return Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED)
+        return Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED, held=requested)
     if requested.epoch == head.epoch:
         if requested.seq > head.seq:
-            return Start(head, reset=ResetReason.AHEAD_OF_LOG)
+            return Start(head, reset=ResetReason.AHEAD_OF_LOG, held=requested)
         return Start(requested)
     if requested.seq < since:
         # The current epoch began above the position: read on from it, so no live
         # event in between is skipped; step() says what was lost on the way.
         return Start(requested)
     # The channel was purged and started over: its new incarnation is all new.
-    return Start(Position(head.epoch, since - 1), reset=ResetReason.NEW_INCARNATION)
+    restarted = Position(head.epoch, since - 1)
+    return Start(restarted, reset=ResetReason.NEW_INCARNATION, held=requested)
 
 
 @dataclass(frozen=True, slots=True)

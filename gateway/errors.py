@@ -67,6 +67,12 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+class WriteConflict(StoreUnavailable):
+    """A write met another transaction on its items and was cancelled, writing
+    nothing (``TransactionConflict``): safe to repeat, which the appender does
+    within its budget before answering ``StoreUnavailable``."""
+
+
 class FeedLimitReached(GatewayError):
     """A process follows ``SSE_GATEWAY_MAX_FEEDS`` channels already: the session ends
     with ``retry:`` (and may land on another instance)."""

@@ -56,6 +56,7 @@ class ChannelFeed:
     ) -> None:
         self.channel = channel
         self.epoch = start.epoch if start else None
+        self._since = start.since if start else 1  # where the feed's epoch began
         self.subscribers = 0
         self.failure: GatewayError | None = None
         self._store = store
@@ -118,13 +119,19 @@ class ChannelFeed:
         counts as a restart too once the newest item the feed knows may have
         expired: TTL may have deleted the newest items, whose events the buffer must
         not hand out again. Before that (TTL deletes only expired items, and expiry
-        never decreases with seq), such a head was read before a hand-over."""
+        never decreases with seq), such a head was read before a hand-over.
+
+        A head of another epoch that ends below where the feed's epoch began, and
+        has expired, is the item that epoch opened above (or one before it), read
+        before it began: nothing restarted either."""
         at = self._scanned_to if position is None else position
         if head is None:
             return at == 0
         if head.epoch == self.epoch:
             newest = self._end_expires_at
             return head.last >= at or (newest is not None and not self._store.has_expired(newest))
+        if head.last < self._since and self._store.has_expired(head.expires_at):
+            return True
         return head.since > at
 
     @property
@@ -244,7 +251,7 @@ class ChannelFeed:
                     raise LogRestarted(f"channel {self.channel!r} started its log over")
                 if self.epoch is not None and proven and event.since == prior + 1:
                     self._observed_after[event.epoch] = Position(self.epoch, prior)
-                self.epoch = event.epoch
+                self.epoch, self._since = event.epoch, event.since
             prior, proven = event.seq, True
         if page.scanned_to >= self._scanned_to:
             self._position_proven = proven and prior == page.scanned_to

@@ -6,7 +6,8 @@ single conditional put is all or nothing, so no reader can see part of a batch
 a reader could see seq N+2 of a transaction before N+1), and a batch costs one
 write instead of a transaction's doubled units.
 
-Placement keeps every id unique whatever TTL deletes, in whatever order:
+Placement keeps every id unique whatever TTL or a purge deletes, in whatever
+order:
 
 - an item's expiry is never earlier than its predecessor's (``max`` with it,
   so clock skew between writers cannot invert them): the expired items of a
@@ -16,12 +17,15 @@ Placement keeps every id unique whatever TTL deletes, in whatever order:
 - once the newest item has expired, items after it may have been deleted
   unseen, so the next append opens a new epoch (above that item's seq, so no
   key of a surviving item is ever rewritten);
-- an append that opens an epoch is written only if the item it was placed
-  above is still there, unchanged (``Placement.above``, a condition of the
-  write). Otherwise two writers could read the end on either side of a TTL
-  deletion and both open epochs, one above the deleted item and one below
-  it; a reader resuming in the upper one would never see the lower one.
-
+- every append after an item is written only if that item is still there,
+  unchanged (``Placement.follows``, a condition of the write). A free slot
+  after a live item is then one nobody ever took, since deletions take a
+  prefix of the log (TTL, see above; a purge, oldest first; a replaced table,
+  all of it). Without the condition, a writer whose cached end a purge had
+  deleted would write at its old ``last + 1``: an id acknowledged for a second
+  event, or an old epoch's item above a new epoch's first ones. And two writers
+  could read the end on either side of a TTL deletion and both open epochs,
+  one above the deleted item and one below it.
 Every item also carries ``since``, the first seq of its epoch: a reader that
 meets a new epoch can tell whether it began after its position or below it
 (a purged channel starts over at 1).
@@ -94,21 +98,27 @@ class Placement:
     since: int
     first: int
     expires_at: int
-    above: LogEnd | None = None  # the item an epoch opens above: it must still be there
+    follows: LogEnd | None = None  # the item it goes after: it must still be there
 
 
 def place(
-    end: LogEnd | None, *, now: float, retention: int, new_epoch: Callable[[], str]
+    end: LogEnd | None,
+    *,
+    now: float,
+    retention: int,
+    new_epoch: Callable[[str | None], str],
 ) -> Placement:
-    """Where an append after ``end`` goes (see the module docstring for why)."""
+    """Where an append after ``end`` goes (see the module docstring for why);
+    ``new_epoch`` names an epoch opened above an item of the given epoch (None:
+    a log that starts from nothing)."""
     expires_at = int(now) + retention
     if end is None:
-        return Placement(new_epoch(), 1, 1, expires_at)
+        return Placement(new_epoch(None), 1, 1, expires_at)
     expires_at = max(expires_at, end.expires_at)
     first = end.last + 1
     if end.expires_at <= now:
-        return Placement(new_epoch(), first, first, expires_at, above=end)
-    return Placement(end.epoch, end.since, first, expires_at)
+        return Placement(new_epoch(end.epoch), first, first, expires_at, follows=end)
+    return Placement(end.epoch, end.since, first, expires_at, follows=end)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -39,15 +40,25 @@ SESSION_ENDS = (
 RESET_REASONS = tuple(reason.value for reason in ResetReason)
 STORE_OPERATIONS = ("query", "put", "transact_write")
 # throttled: the table needs capacity; unavailable: DynamoDB unreachable, timed
-# out, failing (5xx) or a transaction lost to a concurrent one; misconfigured:
-# the table is missing or not accessible; rejected: any other refusal (a bug).
-STORE_ERROR_KINDS = ("throttled", "unavailable", "misconfigured", "rejected")
+# out or failing (5xx); conflict: a write cancelled by a concurrent transaction
+# (the appender tries it again); misconfigured: the table is missing or not
+# accessible; unknown: an error code the gateway does not know (logged).
+STORE_ERROR_KINDS = ("throttled", "unavailable", "conflict", "misconfigured", "unknown")
 
 # Seconds. A publish takes milliseconds, and at most the write window (65 s by
 # default). A delivery waits for a poll (up to POLL_MAX_SECONDS), for an idle
 # client to return (IDLE_RETRY_MS), or is a replay after a reconnect: hours.
 PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 65.0)
 DELIVERY_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10, 30, 60, 300, 3600)
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Request counters of one ``EventLog``, for benchmarks and tests."""
+
+    queries: int = 0
+    writes: int = 0  # write requests, each repeat of a cancelled one included
+    conflicts: int = 0  # slots lost to another writer, items followed that moved
 
 
 class Metrics:

@@ -1,5 +1,14 @@
 """The multi-channel session of ``/events``: one connection for several channels.
 
+Two rules hold whenever the client leaves, and wherever the stream breaks:
+
+- every id the client can hold is a position at or before the last event frame
+  it received, channel by channel: the leading id-only frame carries each
+  channel where its client was (a fresh channel at its head), and each frame's
+  id moves only its own channel past only its own event (or reset);
+- every channel the session subscribed is left, also when the client goes
+  while other channels' head queries are still out.
+
 Each channel is walked by the same reader as a single-channel session, so each
 keeps every guarantee (exactly once, in order, ``reset`` where a position was
 lost); frames of different channels interleave as they come, and no order
@@ -58,26 +67,29 @@ async def _multiple(
     metrics: Metrics,
 ) -> Body:
     requested = composite.decode(last_event_id, channels)
-    outcomes = await asyncio.gather(
-        *(
-            open_channel(c, _chooser(requested, c), None, _fresh(requested, c), store, hub, timing)
-            for c in channels
-        ),
-        return_exceptions=True,
-    )
-    opened = [o for o in outcomes if isinstance(o, Opened)]
+    opened: list[Opened] = []  # every channel subscribed so far, whenever the client leaves
+
+    async def open_one(channel: str) -> Opened:
+        choose, fresh = _chooser(requested, channel), _fresh(requested, channel)
+        o = await open_channel(channel, choose, None, fresh, store, hub, timing)
+        opened.append(o)  # nothing awaited since it subscribed: no leave can be missed
+        return o
+
     try:
+        outcomes = await asyncio.gather(*map(open_one, channels), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        positions = {o.channel: o.reader.cursor for o in opened}
+        following = [o for o in outcomes if isinstance(o, Opened)]  # in the request's order
+        positions = {o.channel: o.held for o in following}
         framing = _envelopes(positions)
-        for o in opened:
+        for o in following:
             report(metrics, o.deliveries)
-        yield wire.encode_id(composite.encode(positions)) + b"".join(
-            framing(o, o.deliveries) for o in opened if o.deliveries
-        )
-        async for chunk in tail(opened, store, timing, framing, metrics):
+        # The leading id counts nothing not yet framed: each channel at the position
+        # its client held (its head, if fresh); each frame after it moves its own.
+        leading = wire.encode_id(composite.encode(positions))
+        yield leading + b"".join(framing(o, o.deliveries) for o in following if o.deliveries)
+        async for chunk in tail(following, store, timing, framing, metrics):
             yield chunk
     finally:
         for o in opened:

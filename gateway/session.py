@@ -138,6 +138,7 @@ class Opened:
     feed: ChannelFeed
     fresh: bool
     deliveries: list[Delivery]
+    held: Position  # the client's position before the session's first frame
 
 
 async def open_channel(
@@ -159,7 +160,7 @@ async def open_channel(
         # between finding the feed and joining it, so it cannot stop in between.
         head = feed.position
         hub.subscribe(channel, feed)
-        return Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [])
+        return Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [], head)
     async with asyncio.timeout(timing.remaining()):
         newest = await store.last_batch(channel)
     end = newest.end if newest is not None else None
@@ -176,7 +177,7 @@ async def open_channel(
     else:
         reader = _Reader(cursor, cursor.seq, aligned=False)
     feed = hub.subscribe(channel, end)
-    return Opened(channel, reader, feed, start.fresh, deliveries)
+    return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
 
 
 class End(StrEnum):

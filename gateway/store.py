@@ -37,7 +37,7 @@ from gateway.items import (
     StoredEvent,
     decode_batch,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, StoreStats
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,15 +54,6 @@ class Page:
     scanned_to: int
     more: bool
     end: LogEnd | None = None
-
-
-@dataclass(slots=True)
-class StoreStats:
-    """Request counters, for benchmarks and for tests of the shared tail loop."""
-
-    queries: int = 0
-    writes: int = 0
-    conflicts: int = 0
 
 
 class EventLog:

@@ -1,8 +1,9 @@
-"""The log's conditional writes: a batch into a free slot, alone or in one
-transaction with its idempotency records and the check that the item an
-epoch opens above is unchanged (``gateway/items.py`` says why). Each returns
-what holds the slot or the keys instead, so the caller (``gateway/commit.py``)
-can tell a lost race from its own earlier attempt whose answer was lost."""
+"""The log's conditional writes: a batch into a free slot, alone (the first item
+of a log) or in one transaction with the check that the item it follows is
+still there, unchanged (``gateway/items.py`` says why), and its idempotency
+records. Each returns what holds the slot or the keys instead, so the caller
+(``gateway/commit.py``) can tell a lost race from its own earlier attempt whose
+answer was lost."""
 
 from __future__ import annotations
 
@@ -49,18 +50,18 @@ async def transact_batch(
     table: str,
     metrics: Metrics,
     item: dict[str, Any],
-    above: LogEnd | None,
+    follows: LogEnd | None,
     records: list[dict[str, Any]],
     now: float,
 ) -> tuple[dict[str, Any] | None, bool, list[dict[str, Any] | None]]:
-    """The batch, the check that the item it opens an epoch above is unchanged,
-    and the idempotency records, in one transaction. Returns the item holding the
-    slot if the slot was taken; whether the item below moved (deleted or
-    replaced: read the end again); and for each record the existing one if its
-    key was taken. (None, False, [None, ...]) when all of it is ours."""
+    """The batch, the check that the item it follows is unchanged, and the
+    idempotency records, in one transaction. Returns the item holding the slot if
+    the slot was taken; whether the item it follows moved (deleted or replaced:
+    read the end again); and for each record the existing one if its key was
+    taken. (None, False, [None, ...]) when all of it is ours."""
     checks: list[Any] = []
-    if above is not None:
-        key = {PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: {"N": str(above.key)}}
+    if follows is not None:
+        key = {PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: {"N": str(follows.key)}}
         checks.append(
             {
                 "ConditionCheck": {
@@ -68,7 +69,7 @@ async def transact_batch(
                     "Key": key,
                     "ConditionExpression": "#w = :w",
                     "ExpressionAttributeNames": {"#w": "wid"},
-                    "ExpressionAttributeValues": {":w": {"S": above.write_id}},
+                    "ExpressionAttributeValues": {":w": {"S": follows.write_id}},
                 }
             }
         )
@@ -113,7 +114,7 @@ async def transact_batch(
                 for i in range(len(transaction))
             ]
             if not any(failed):
-                raise  # a conflict or throttling, not a condition: unavailable
+                raise  # a conflict or throttling, not a condition (gateway.dynamodb)
             held = [reasons[i].get("Item") if failed[i] else None for i in range(len(failed))]
             if any(x is not None and x.get("wid") == item["wid"] for x in held):
                 return None, False, mine  # an earlier attempt of ours landed

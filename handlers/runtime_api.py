@@ -7,9 +7,18 @@ app produces it, and HTTP trailers to report an error after the first byte
 a loopback address, one request per connection keeps this small, and lets many
 invocations (Lambda Managed Instances) each hold a connection of their own.
 
+Each exchange reads its connection from the moment its request is sent: the
+Runtime API may answer a streamed response before the runtime has finished it
+(``413`` past the size cap, ``410`` at the deadline) or close it, and a stream
+that learns of it only at its next write could go on for a heartbeat (15 s) in
+vain. ``ResponseStream.on_cut_short`` reports it at once, so the session ends.
+
 Every failure of an exchange, an answer other than the expected status or a
 connection that breaks, is a ``RuntimeAPIError``: the loop that serves
 invocations catches that one type, logs it and goes on.
+
+Error types follow the Runtime API's rule, ``(Runtime|Function).<Name>``;
+Lambda files any other as ``Runtime.Unknown``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import asyncio
 import base64
 import json
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +37,7 @@ API_VERSION = "2018-06-01"
 STREAMING_CONTENT_TYPE = "application/vnd.awslambda.http-integration-response"
 ERROR_TYPE_TRAILER = "Lambda-Runtime-Function-Error-Type"
 ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
+STREAM_ERROR_TYPE = "Runtime.StreamError"
 
 
 class RuntimeAPIError(Exception):
@@ -38,23 +49,32 @@ class Invocation:
     request_id: str
     deadline_ms: int
     event: Any
+    trace_id: str | None = None  # Lambda-Runtime-Trace-Id, the X-Ray trace header
 
 
-def error_payload(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
+def function_error_type(exc: BaseException) -> str:
+    """``Function.<the exception's class name>``, kept to the letters Lambda accepts."""
+    name = "".join(c for c in type(exc).__name__ if c.isascii() and c.isalpha())
+    return f"Function.{name[0].upper()}{name[1:]}" if len(name) > 1 else "Function.Unhandled"
+
+
+def error_payload(exc: BaseException, error_type: str) -> dict[str, Any]:
     return {
         "errorMessage": str(exc),
-        "errorType": error_type or type(exc).__name__,
+        "errorType": error_type,
         "stackTrace": traceback.format_exception(exc),
     }
 
 
 class _Exchange:
-    """One HTTP/1.1 request on its own connection."""
+    """One HTTP/1.1 request on its own connection, whose answer is read as soon as
+    the request is sent (``answer``), however long the request body goes on."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
         self._connection = h11.Connection(h11.CLIENT)
+        self.answer: asyncio.Task[tuple[int, dict[str, str], bytes]] | None = None
 
     @classmethod
     async def start(
@@ -68,6 +88,7 @@ class _Exchange:
         exchange = cls(reader, writer)
         request = h11.Request(method=method, target=target, headers=[("Host", address), *headers])
         await exchange._send(request)
+        exchange.answer = asyncio.create_task(exchange._read_answer())
         return exchange
 
     async def _send(self, event: h11.Event) -> None:
@@ -77,18 +98,10 @@ class _Exchange:
                 self._writer.write(data)
                 await self._writer.drain()
         except (OSError, h11.ProtocolError) as exc:
-            self._writer.close()
+            self._writer.close()  # the answer's reader then sees the end
             raise RuntimeAPIError(f"the Runtime API connection broke: {exc}") from exc
 
-    async def write(self, data: bytes) -> None:
-        if data:
-            await self._send(h11.Data(data=data))
-
-    async def finish(
-        self, trailers: list[tuple[str, str]] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        """End the request body (with ``trailers``) and read the whole response."""
-        await self._send(h11.EndOfMessage(headers=trailers or []))
+    async def _read_answer(self) -> tuple[int, dict[str, str], bytes]:
         status, headers, body = 0, {}, bytearray()
         try:
             while True:
@@ -106,8 +119,27 @@ class _Exchange:
                     raise RuntimeAPIError("the Runtime API connection broke: closed, no answer")
         except (OSError, h11.ProtocolError) as exc:
             raise RuntimeAPIError(f"the Runtime API connection broke: {exc}") from exc
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def finish(
+        self, trailers: list[tuple[str, str]] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """End the request body (with ``trailers``) and wait for the whole answer."""
+        assert self.answer is not None
+        try:
+            if not self.answer.done():
+                await self._send(h11.EndOfMessage(headers=trailers or []))
+            return await self.answer
         finally:
-            self._writer.close()
+            self.close()
+
+    def close(self) -> None:
+        if self.answer is not None:
+            self.answer.cancel()
+        self._writer.close()
 
 
 class RuntimeAPI:
@@ -129,6 +161,7 @@ class RuntimeAPI:
                 request_id=headers["lambda-runtime-aws-request-id"],
                 deadline_ms=int(headers["lambda-runtime-deadline-ms"]),
                 event=json.loads(body),
+                trace_id=headers.get("lambda-runtime-trace-id"),
             )
         except (KeyError, ValueError) as exc:
             raise RuntimeAPIError(f"malformed invocation from the Runtime API: {exc}") from exc
@@ -146,16 +179,21 @@ class RuntimeAPI:
                 ("Trailer", f"{ERROR_TYPE_TRAILER}, {ERROR_BODY_TRAILER}"),
             ],
         )
-        await exchange.write(prelude)
+        try:
+            await exchange.write(prelude)
+        except RuntimeAPIError:
+            exchange.close()
+            raise
         return ResponseStream(exchange)
 
     async def invocation_error(self, request_id: str, exc: BaseException) -> None:
-        await self._post_error(f"/invocation/{request_id}/error", exc, None)
+        await self._post_error(f"/invocation/{request_id}/error", exc, function_error_type(exc))
 
     async def init_error(self, exc: BaseException, error_type: str) -> None:
+        """Report a failed start, ``error_type`` being ``Runtime.<Name>``."""
         await self._post_error("/init/error", exc, error_type)
 
-    async def _post_error(self, path: str, exc: BaseException, error_type: str | None) -> None:
+    async def _post_error(self, path: str, exc: BaseException, error_type: str) -> None:
         payload = error_payload(exc, error_type)
         body = json.dumps(payload).encode()
         exchange = await _Exchange.start(
@@ -176,31 +214,43 @@ class RuntimeAPI:
 
 class ResponseStream:
     def __init__(self, exchange: _Exchange) -> None:
+        assert exchange.answer is not None
         self._exchange = exchange
-        self.open = True  # until finished, or broken by a failed write
+        self._answer = exchange.answer
+        self._broken = False  # a write failed
+        self._finished = False
+
+    def on_cut_short(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` as soon as the Runtime API answers or closes the connection
+        before ``finish``: it refused the response or cut it short."""
+        self._answer.add_done_callback(lambda _: None if self._finished else callback())
 
     async def write(self, data: bytes) -> None:
+        if self._answer.done():
+            raise RuntimeAPIError("the Runtime API ended the streamed response early")
         try:
             await self._exchange.write(data)
         except RuntimeAPIError:
-            self.open = False
+            self._broken = True
             raise
 
     async def finish(self, error: BaseException | None = None) -> None:
         """End the response; an ``error`` after the first byte travels in the trailers.
 
-        Only the first call on an open stream sends anything: a response is ended once.
+        Only the first call sends anything: a response is ended once. A response the
+        Runtime API refused or cut short, or a broken one, raises ``RuntimeAPIError``.
         """
-        if not self.open:
+        if self._finished:
             return
-        self.open = False
+        self._finished = True
+        cut_short = self._broken or self._answer.done()
         trailers = []
         if error is not None:
-            body = json.dumps(error_payload(error, "Runtime.StreamError")).encode()
+            body = json.dumps(error_payload(error, STREAM_ERROR_TYPE)).encode()
             trailers = [
-                (ERROR_TYPE_TRAILER, "Runtime.StreamError"),
+                (ERROR_TYPE_TRAILER, STREAM_ERROR_TYPE),
                 (ERROR_BODY_TRAILER, base64.b64encode(body).decode()),
             ]
         status, _, body = await self._exchange.finish(trailers)
-        if status != 202:
+        if cut_short or status != 202:
             raise RuntimeAPIError(f"streamed response answered {status}: {body[:200]!r}")

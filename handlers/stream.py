@@ -18,7 +18,10 @@ per concurrent request, which could share nothing.
 A worker never dies of an invocation: whatever fails is reported where the
 Runtime API still takes it, logged with the request id, and the worker takes
 the next one. Nothing stops code at the deadline on Managed Instances, so an
-invocation that outlives its deadline is cancelled here.
+invocation that outlives its deadline is cancelled here; a response the Runtime
+API cuts short (past the size cap, at the deadline) is the app's disconnect, so
+the session ends at once. Each invocation's DynamoDB calls carry its trace id
+(``handlers/tracing.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from handlers.emf import EmfReporter
 from handlers.function_url import InvalidEvent, prelude, to_asgi
 from handlers.logs import log_json_lines, request_id
 from handlers.runtime_api import Invocation, ResponseStream, RuntimeAPI, RuntimeAPIError
+from handlers.tracing import trace_calls, trace_id
 
 logger = logging.getLogger("sse_gateway.lambda")
 
@@ -69,15 +73,17 @@ class _AsgiInvocation:
         self._body: bytes | None = body
         self.status = 500
         self.stream: ResponseStream | None = None
-        self.finished = asyncio.Event()
+        # The response is over: finished, or ended by the Runtime API (a 413 past the
+        # size cap, 410 at the deadline, a closed connection) while the app still sends.
+        self.gone = asyncio.Event()
 
     async def receive(self) -> MutableMapping[str, Any]:
         if self._body is not None:
             body, self._body = self._body, None
             return {"type": "http.request", "body": body, "more_body": False}
-        # A streamed function URL never learns that its client left: the request
-        # stays open until the response is complete.
-        await self.finished.wait()
+        # A streamed function URL never learns that its client left; the Runtime API
+        # ending the response is the only disconnect there is.
+        await self.gone.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
@@ -88,7 +94,8 @@ class _AsgiInvocation:
             self.stream = await self._runtime.start_stream(
                 self._request_id, prelude(self.status, message.get("headers", []))
             )
-        elif message["type"] == "http.response.body" and not self.finished.is_set():
+            self.stream.on_cut_short(self.gone.set)
+        elif message["type"] == "http.response.body" and not self.gone.is_set():
             if self.stream is None:
                 raise RuntimeError("the app sent a body before http.response.start")
             await self.stream.write(bytes(message.get("body", b"")))
@@ -96,7 +103,7 @@ class _AsgiInvocation:
                 await self.stream.finish()
                 # Only now may receive() report a disconnect: Starlette cancels the
                 # response task when it sees one, which must not cut the finish short.
-                self.finished.set()
+                self.gone.set()
 
 
 def session_deadline(invocation: Invocation, margin_seconds: float) -> float:
@@ -143,7 +150,7 @@ async def handle_invocation(
         if asgi.stream is None:
             await runtime.invocation_error(invocation.request_id, error)
         else:
-            await asgi.stream.finish(error=error)  # nothing more to send if it broke or ended
+            await asgi.stream.finish(error=error)  # raises if it broke or was cut short
         return
     logger.info("%s %d", target, asgi.status)
 
@@ -162,12 +169,14 @@ async def _worker(
             continue
         retry_in = NEXT_RETRY_SECONDS
         token = request_id.set(invocation.request_id)
+        trace = trace_id.set(invocation.trace_id)
         try:
             await handle_invocation(runtime, app, invocation, margin_seconds)
         except Exception:
             logger.exception("the invocation's outcome could not be sent to the Runtime API")
         finally:
             finished()  # before /next, which may freeze the environment for good
+            trace_id.reset(trace)
             request_id.reset(token)
 
 
@@ -212,6 +221,7 @@ async def run(runtime_api: str | None) -> None:
         try:
             runtime = RuntimeAPI(address)
             client = await stack.enter_async_context(open_dynamodb(settings))
+            trace_calls(client)
             metrics = metrics_for(settings)
             store = EventLog.for_settings(client, settings, metrics=metrics)
             app = create_app(settings, store, publish=False, metrics=metrics, metrics_route=False)

@@ -16,9 +16,14 @@ async def fails_after_first_byte(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def never_finishes(scope: Any, receive: Any, send: Any) -> None:
+    """Ignores the disconnect too: only cancelling its task stops it."""
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"forever", "more_body": True})
-    await asyncio.Event().wait()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        logger.info("cancelled")
+        raise
 
 
 async def logs_around_a_pause(scope: Any, receive: Any, send: Any) -> None:

@@ -100,14 +100,22 @@ class GatewayServer:
             await serving
 
 
-_THROTTLED_BODY = (
-    b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",'
-    b'"message":"The level of configured provisioned throughput for the table was exceeded."}'
+def dynamodb_error(code: str, message: str, **fields: Any) -> bytes:
+    """DynamoDB's answer with error ``code`` (and ``CancellationReasons``, say), as
+    the service sends it: status 400, the code in ``__type``."""
+    body = json.dumps(
+        {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message, **fields}
+    ).encode()
+    return (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+
+
+_THROTTLED = dynamodb_error(
+    "ProvisionedThroughputExceededException",
+    "The level of configured provisioned throughput for the table was exceeded.",
 )
-_THROTTLED = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_THROTTLED_BODY)
-) + _THROTTLED_BODY
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,21 @@ class Hold:
     released: threading.Event
 
 
+@dataclass(frozen=True)
+class Traced:
+    operation: str  # the X-Amz-Target operation, lower case
+    trace_id: str | None
+    body: bytes
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
+
+
 class FaultProxy:
     """A TCP proxy to DynamoDB that carries one request per connection (it asks
     the store to close after answering, and closes too), which makes
@@ -126,9 +149,10 @@ class FaultProxy:
 
     ``refuse``: connections are closed at once. ``stall``: requests reach the
     proxy and are never answered (a hung DynamoDB). ``split_transactions``: a
-    ``TransactWriteItems`` is applied one ``PutItem`` at a time, last item first,
-    ``split_pause`` seconds apart, which is what a ``Query`` may observe of a
-    transaction in DynamoDB (read-committed isolation, not serializable).
+    ``TransactWriteItems`` is applied its checks first, then one ``PutItem`` at a
+    time, last item first, ``split_pause`` seconds apart, which is what a
+    ``Query`` may observe of a transaction in DynamoDB (read-committed
+    isolation, not serializable; the gateway's checks only ever test ``wid``).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -139,10 +163,11 @@ class FaultProxy:
         self.split_transactions = False
         self.split_pause = 0.3
         self._drop_next: list[str] = []  # X-Amz-Target operations whose response to drop
-        self._throttle_next: list[str] = []  # ... to answer with a throttling error
+        self._fail_next: list[tuple[str, bytes]] = []  # ... to answer with an error
         self._delays: dict[str, float] = {}  # X-Amz-Target operation: seconds its answers wait
         self._holds: dict[str, Hold] = {}
         self.seen: list[str] = []
+        self.traced: list[Traced] = []  # every request, with its X-Amzn-Trace-Id
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -179,7 +204,15 @@ class FaultProxy:
 
     def throttle(self, operation: str, times: int) -> None:
         """The next ``times`` ``operation`` requests get DynamoDB's throttling answer."""
-        self._throttle_next.extend([operation] * times)
+        self.fail(operation, _THROTTLED, times)
+
+    def fail(self, operation: str, answer: bytes, times: int = 1) -> None:
+        """The next ``times`` ``operation`` requests get ``answer`` (see
+        ``dynamodb_error``) and never reach DynamoDB: errors moto never gives."""
+        self._fail_next.extend([(operation, answer)] * times)
+
+    def clear_failures(self) -> None:
+        self._fail_next.clear()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -204,12 +237,14 @@ class FaultProxy:
                     target = line.split(".", 1)[-1].strip()
             body = await reader.readexactly(length)
             self.seen.append(target)
+            self.traced.append(Traced(target, _header(head, b"x-amzn-trace-id"), body))
             if self.stall:
                 await reader.read()  # until the client gives up and closes
                 return
-            if target in self._throttle_next:
-                self._throttle_next.remove(target)
-                writer.write(_THROTTLED)
+            failing = next((f for f in self._fail_next if f[0] == target), None)
+            if failing is not None:
+                self._fail_next.remove(failing)
+                writer.write(failing[1])
                 await writer.drain()
                 return
             if target == "transactwriteitems" and self.split_transactions:
@@ -242,23 +277,30 @@ class FaultProxy:
         return response
 
     async def _apply_one_by_one(self, head: bytes, body: bytes) -> bytes:
-        """Each ``Put`` of a transaction as its own ``PutItem``, last first; answers
-        the transaction's success, or the first failure."""
-        puts = [entry["Put"] for entry in json.loads(body)["TransactItems"]]
+        """Each ``ConditionCheck`` of a transaction first (as an ``UpdateItem`` that
+        rewrites the attribute it checks on that condition), then each ``Put`` as
+        its own ``PutItem``, last first; answers the transaction's success, or the
+        first failure."""
+        entries = json.loads(body)["TransactItems"]
+        checks = [entry["ConditionCheck"] for entry in entries if "ConditionCheck" in entry]
+        puts = [entry["Put"] for entry in entries if "Put" in entry]
         lines = [
             line
             for line in head.decode("latin-1").split("\r\n")
             if line and not line.lower().startswith(("x-amz-target:", "content-length:"))
         ]
-        for index, put in enumerate(reversed(puts)):
+        requests = [
+            ("UpdateItem", {**check, "UpdateExpression": "SET #w = :w"}) for check in checks
+        ] + [("PutItem", put) for put in reversed(puts)]
+        for index, (operation, request) in enumerate(requests):
             if index:
                 await asyncio.sleep(self.split_pause)
-            put.pop("ReturnValuesOnConditionCheckFailure", None)
-            payload = json.dumps(put).encode()
+            request.pop("ReturnValuesOnConditionCheckFailure", None)
+            payload = json.dumps(request).encode()
             request_head = "\r\n".join(
                 [
                     *lines,
-                    "X-Amz-Target: DynamoDB_20120810.PutItem",
+                    f"X-Amz-Target: DynamoDB_20120810.{operation}",
                     f"Content-Length: {len(payload)}",
                 ]
             )
@@ -346,3 +388,12 @@ async def publish(
     assert response.status_code == 201, response.text
     ids: list[str] = response.json()["ids"]
     return ids
+
+
+def dynamodb_answer(body: dict[str, Any]) -> bytes:
+    """A successful DynamoDB answer with ``body``, as the service sends it."""
+    payload = json.dumps(body).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(payload)
+    ) + payload

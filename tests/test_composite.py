@@ -121,7 +121,11 @@ HEAD = Position("abcdef01", 50)
     [
         # the same epoch: resume after the position, or say it is ahead of the log
         (Entry(0xABC, 40), 1, Start(Position("abcdef01", 40))),
-        (Entry(0xABC, 60), 1, Start(HEAD, reset=ResetReason.AHEAD_OF_LOG)),
+        (
+            Entry(0xABC, 60),
+            1,
+            Start(HEAD, reset=ResetReason.AHEAD_OF_LOG, held=Position("abcdef01", 60)),
+        ),
         # the slot just below the epoch's first event is the epoch's own "before its
         # first event", as a session at a new incarnation's start encodes it
         (Entry(0xABC, 40), 41, Start(Position("abcdef01", 40))),
@@ -134,7 +138,11 @@ HEAD = Position("abcdef01", 50)
         (
             Entry(0x123, 45),
             41,
-            Start(Position("abcdef01", 40), reset=ResetReason.NEW_INCARNATION),
+            Start(
+                Position("abcdef01", 40),
+                reset=ResetReason.NEW_INCARNATION,
+                held=Position("~123", 45),
+            ),
         ),
         (Entry(None, 0), 1, Start(EMPTY)),
     ],

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.cursor import (
     EMPTY,
@@ -56,9 +58,27 @@ def test_position_event_id_roundtrips() -> None:
         ("0", HEAD, Start(EMPTY)),
         ("0", EMPTY, Start(EMPTY)),
         ("garbage", HEAD, Start(HEAD, reset=ResetReason.INVALID_ID)),
-        ("99999999-3", HEAD, Start(Position("0a1b2c3d", 0), reset=ResetReason.NEW_INCARNATION)),
-        ("99999999-3", EMPTY, Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED)),
-        ("0a1b2c3d-43", HEAD, Start(HEAD, reset=ResetReason.AHEAD_OF_LOG)),
+        # a reset keeps the client's own position as the one it holds until it
+        # gets the reset (none for an id that is not ours)
+        (
+            "99999999-3",
+            HEAD,
+            Start(
+                Position("0a1b2c3d", 0),
+                reset=ResetReason.NEW_INCARNATION,
+                held=Position("99999999", 3),
+            ),
+        ),
+        (
+            "99999999-3",
+            EMPTY,
+            Start(EMPTY, reset=ResetReason.HISTORY_EXPIRED, held=Position("99999999", 3)),
+        ),
+        (
+            "0a1b2c3d-43",
+            HEAD,
+            Start(HEAD, reset=ResetReason.AHEAD_OF_LOG, held=Position("0a1b2c3d", 43)),
+        ),
     ],
 )
 def test_resolve_start_table(last_event_id: str | None, head: Position, expected: Start) -> None:
@@ -72,10 +92,12 @@ def test_resolve_start_reads_on_below_a_newer_epoch_and_restarts_after_a_purge()
     assert resolve_start("99999999-3", HEAD, since=40) == Start(Position("99999999", 3))
     # A log's first epoch begins at 1, unless said otherwise.
     assert resolve_position(Position("99999999", 1), HEAD) == Start(
-        Position("0a1b2c3d", 0), reset=ResetReason.NEW_INCARNATION
+        Position("0a1b2c3d", 0), reset=ResetReason.NEW_INCARNATION, held=Position("99999999", 1)
     )
     assert resolve_start("99999999-40", HEAD, since=40) == Start(
-        Position("0a1b2c3d", 39), reset=ResetReason.NEW_INCARNATION
+        Position("0a1b2c3d", 39),
+        reset=ResetReason.NEW_INCARNATION,
+        held=Position("99999999", 40),
     )
 
 
@@ -126,3 +148,17 @@ def test_step_delivers_a_new_epoch_a_feed_saw_begin_right_after_the_cursor() -> 
     assert step(Position(A, 3), B, 5, 5, {A}, observed_after=Position(A, 4)) == Step(
         ResetReason.HISTORY_EXPIRED, Position(B, 4)
     )
+
+
+def test_what_a_client_holds_before_its_first_frame() -> None:
+    assert resolve_start(None, HEAD).client_position == HEAD
+    assert resolve_start("0a1b2c3d-40", HEAD).client_position == Position("0a1b2c3d", 40)
+    assert resolve_start("0a1b2c3d-43", HEAD).client_position == Position("0a1b2c3d", 43)
+    assert resolve_start("garbage", HEAD).client_position == EMPTY
+
+
+@given(st.from_regex(r"[0-9a-f]{8}", fullmatch=True))
+def test_an_epoch_opened_above_another_takes_the_next_fingerprint(above: str) -> None:
+    opened = new_epoch(above)
+    assert parse_event_id(f"{opened}-1") == Position(opened, 1)
+    assert int(opened[:3], 16) == (int(above[:3], 16) + 1) % 4096

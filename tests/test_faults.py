@@ -162,7 +162,7 @@ async def test_throttled_writes_are_retried_then_reported_as_503_writing_nothing
     assert retried.status_code == 201
     assert fault_proxy.seen.count("putitem") == 3  # two throttled, the third written
 
-    fault_proxy.throttle("putitem", 3)
+    fault_proxy.throttle("transactwriteitems", 3)  # every later write is a transaction
     refused = await http.post(url, json={"data": "refused"})
     assert refused.status_code == 503
     assert "ProvisionedThroughputExceededException" in refused.json()["error"]["message"]

@@ -195,3 +195,39 @@ async def test_a_resuming_session_whose_head_read_a_handed_over_publish_passed_i
     sessions = await asyncio.wait_for(asyncio.gather(following, resuming), 10)
     # Both sessions go on: the stale head did not end the channel's sessions.
     assert [[e.last_event_id for e in s.events] for s in sessions] == [ids, ids]
+
+
+async def test_a_resuming_session_whose_head_read_is_older_than_the_feeds_epoch_is_no_restart(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # the feed polls only when woken
+        poll_max_seconds=60,
+        max_session_seconds=30,
+        retention_seconds=3,  # the channel's item expires within the test
+        dynamodb_max_attempts=1,
+        dynamodb_timeout_seconds=1.2,  # a held answer must not time out
+    )
+    url = f"{server.url}/channels/quiet/events"
+    (old,) = await publish(http, server.url, "quiet", {"data": "before"})
+    following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
+    await asyncio.sleep(3.2)  # the channel sat idle past its retention
+    hold = fault_proxy.hold("query")
+    resuming = asyncio.create_task(
+        read_session(http, url, last_event_id=old, stop=lambda e: len(e) == 2)
+    )
+    assert await asyncio.to_thread(hold.applied.wait, 10)  # its head read found "before"
+    # An epoch opens above the expired item; the feed watches it begin and moves to it.
+    ids = await publish(http, server.url, "quiet", {"data": "after"})
+    assert ids[0].split("-")[0] != old.split("-")[0]
+    while "quiet" not in server.hub.feeds or server.hub.feeds["quiet"].epoch != ids[0][:8]:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    hold.released.set()  # the session resumes with a head from the epoch before
+    await asyncio.sleep(0.3)
+    ids += await publish(http, server.url, "quiet", {"data": "later"})
+    sessions = await asyncio.wait_for(asyncio.gather(following, resuming), 10)
+    # Nothing restarted: both sessions go on, neither gets a reset.
+    assert [[(e.type, e.last_event_id) for e in s.events] for s in sessions] == [
+        [("message", i) for i in ids]
+    ] * 2

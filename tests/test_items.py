@@ -29,8 +29,9 @@ NOW = 1_000_000.0
 END = LogEnd("aaaaaaaa", since=3, last=9, expires_at=1_000_600, key=8, write_id="w1")
 
 
-def _new_epoch() -> str:
-    return "bbbbbbbb"
+def _new_epoch(above: str | None) -> str:
+    # A log from nothing gets a fresh epoch; one opened above END's epoch its successor.
+    return {None: "bbbbbbbb", "aaaaaaaa": "aabbbbbb"}[above]
 
 
 @pytest.mark.parametrize(
@@ -58,14 +59,14 @@ def test_the_first_append_opens_an_epoch_at_one() -> None:
 
 def test_an_append_after_a_live_end_continues_its_epoch() -> None:
     assert place(END, now=NOW, retention=900, new_epoch=_new_epoch) == Placement(
-        "aaaaaaaa", 3, 10, 1_000_900
+        "aaaaaaaa", 3, 10, 1_000_900, follows=END
     )
 
 
 def test_an_append_after_an_expired_end_opens_an_epoch_above_it() -> None:
     for now in (1_000_600.0, 1_000_601.0):  # expired from its expiry second on
         assert place(END, now=now, retention=600, new_epoch=_new_epoch) == Placement(
-            "bbbbbbbb", 10, 10, int(now) + 600, above=END
+            "aabbbbbb", 10, 10, int(now) + 600, follows=END
         )
 
 
@@ -73,7 +74,7 @@ def test_an_append_never_expires_before_the_end_it_follows() -> None:
     # A writer whose clock is behind (or whose retention is shorter) keeps the
     # predecessor's expiry: the expired items of a channel stay a prefix of its log.
     behind = place(END, now=NOW - 500, retention=600, new_epoch=_new_epoch)
-    assert behind == Placement("aaaaaaaa", 3, 10, END.expires_at)
+    assert behind == Placement("aaaaaaaa", 3, 10, END.expires_at, follows=END)
     ahead = place(END, now=NOW + 1, retention=600, new_epoch=_new_epoch)
     assert ahead.expires_at == END.expires_at + 1
 

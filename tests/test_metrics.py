@@ -69,7 +69,13 @@ async def scrape_until(
     return samples
 
 
-ZERO_STORE_ERRORS = {"throttled": 0, "unavailable": 0, "misconfigured": 0, "rejected": 0}
+ZERO_STORE_ERRORS = {
+    "throttled": 0,
+    "unavailable": 0,
+    "conflict": 0,
+    "misconfigured": 0,
+    "unknown": 0,
+}
 
 
 async def test_metrics_count_publishes_and_store_calls_exactly(
@@ -89,7 +95,8 @@ async def test_metrics_count_publishes_and_store_calls_exactly(
     url = f"{server.url}/channels/%s/events"
     # One event: the log's end is read (a query), then one put.
     assert (await http.post(url % "a", json={"data": 1})).status_code == 201
-    # Three events in one item: the end is cached, one put.
+    # Three events in one item: the end is cached, one transaction (with the check
+    # that the item it follows is still there).
     batch = {"events": [{"data": 2}, {"data": 3}, {"data": 4}]}
     assert (await http.post(url % "a", json=batch)).status_code == 201
     # With an idempotency key: a query for the new channel's end, one transaction...
@@ -108,8 +115,8 @@ async def test_metrics_count_publishes_and_store_calls_exactly(
     assert value(after, "sse_gateway_publish_seconds_sum") > 0
     assert by_label(after, "sse_gateway_store_requests_total", "operation") == {
         "query": 2,
-        "put": 2,
-        "transact_write": 2,
+        "put": 1,
+        "transact_write": 3,
     }
     assert by_label(after, "sse_gateway_store_errors_total", "kind") == ZERO_STORE_ERRORS
     assert value(after, "sse_gateway_feeds") == 0
@@ -130,7 +137,7 @@ async def test_metrics_count_throttled_store_calls(
     with GatewayServer(settings) as server:
         url = f"{server.url}/channels/t/events"
         assert (await http.post(url, json={"data": 1})).status_code == 201
-        fault_proxy.throttle("putitem", 1)
+        fault_proxy.throttle("transactwriteitems", 1)  # a write after the first: checked
         assert (await http.post(url, json={"data": 2})).status_code == 503
         # The failed write's outcome is unknown: the end is read again.
         assert (await http.post(url, json={"data": 3})).status_code == 201
@@ -141,8 +148,8 @@ async def test_metrics_count_throttled_store_calls(
     }
     assert by_label(samples, "sse_gateway_store_requests_total", "operation") == {
         "query": 2,
-        "put": 3,
-        "transact_write": 0,
+        "put": 1,
+        "transact_write": 2,
     }
     assert value(samples, "sse_gateway_events_published_total") == 2
 

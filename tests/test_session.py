@@ -71,6 +71,29 @@ async def test_a_new_session_on_a_restarted_log_gets_a_feed_of_the_new_epoch(
     await asyncio.gather(holding, return_exceptions=True)
 
 
+async def test_after_a_purge_under_a_writer_with_a_cached_end_every_event_is_delivered_or_reset(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    p1, p2 = gateway(), gateway()
+    old = [(await publish(http, p1.url, "c", {"data": i}))[0] for i in range(6)]  # p1 caches 6
+    await delete_items(p1.settings, "c", range(1, 7))  # purged, oldest first
+    new = [(await publish(http, p2.url, "c", {"data": v}))[0] for v in "abc"]
+    new += await publish(http, p1.url, "c", {"data": "late"})  # p1's cached end is gone
+    new += [(await publish(http, p2.url, "c", {"data": v}))[0] for v in "de"]
+    assert not set(new) & set(old)
+    for server in (p1, p2):
+        session = await read_session(
+            http,
+            f"{server.url}/channels/c/events",
+            last_event_id=old[-1],
+            stop=lambda events: len(events) == 7,
+        )
+        reset, *events = session.events
+        assert (reset.type, json.loads(reset.data)["reason"]) == ("reset", "channel_restarted")
+        assert [e.last_event_id for e in events] == new
+        assert [json.loads(e.data) for e in events] == ["a", "b", "c", "late", "d", "e"]
+
+
 @pytest.mark.parametrize("idempotency_key", [None, "batch-1"])
 async def test_a_half_visible_batch_causes_no_skip_and_no_false_reset(
     gateway: StartGateway,

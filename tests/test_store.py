@@ -8,10 +8,13 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from gateway.cursor import parse_event_id
+from gateway.dynamodb import open_dynamodb
 from gateway.errors import IdempotencyKeyReused, StoreMisconfigured, StoreUnavailable
 from gateway.items import NewEvent, StoredEvent
 from gateway.settings import Settings
 from gateway.store import EventLog
+from infra.local import local_session
+from infra.table import ensure_table
 from tests.servers import FaultProxy
 from tests.tables import delete_items, raw_items
 
@@ -107,13 +110,14 @@ async def test_append_recognises_its_own_write_after_a_lost_response(
         (stored,) = await _append(log, "c", "once")
         assert fault_proxy.seen.count("putitem") == 2  # botocore retried the same put
         assert stored.seq == 1
-        fault_proxy.drop_response_once("putitem")
+        # Every later write is a transaction (with the check of the item it follows).
+        fault_proxy.drop_response_once("transactwriteitems")
         batch = await _append(log, "c", "x", "y")
-        assert fault_proxy.seen.count("putitem") == 4
+        assert fault_proxy.seen.count("transactwriteitems") == 2
         assert [e.seq for e in batch] == [2, 3]
         fault_proxy.drop_response_once("transactwriteitems")
         keyed = await log.append("c", _events("k"), idempotency_key="k1")
-        assert fault_proxy.seen.count("transactwriteitems") == 2
+        assert fault_proxy.seen.count("transactwriteitems") == 4
         assert ([e.seq for e in keyed.events], keyed.replayed) == ([4], False)
         assert await _all(log, "c") == [1, 2, 3, 4]
         (after,) = await _append(log, "c", "z")
@@ -187,23 +191,28 @@ async def test_a_cached_head_is_not_trusted_once_its_item_may_be_gone(
 
 
 async def test_a_cached_head_is_not_trusted_within_a_write_window_of_its_expiry(
-    open_log: OpenLog, make_settings: Callable[..., Settings]
+    open_log: OpenLog, make_settings: Callable[..., Settings], fault_proxy: FaultProxy
 ) -> None:
     # Unexpired by this process's clock, but a write placed now may land after the
-    # expiry, when TTL may have deleted the item: the append reads the end again.
+    # expiry, when TTL may have deleted the item: the append reads the end first,
+    # rather than write after the cached end and lose to the condition on it.
     window = make_settings().write_window_seconds
     now = [1_000_000.0]
     async with (
-        open_log(clock=lambda: now[0], retention_seconds=600) as mine,
+        open_log(
+            clock=lambda: now[0], retention_seconds=600, dynamodb_endpoint_url=fault_proxy.url
+        ) as mine,
         open_log(clock=lambda: now[0] + window, retention_seconds=600) as other,
     ):
         old = [(await _append(mine, "c", i))[0] for i in range(3)]  # mine caches A-3
         now[0] += 600 - window / 2  # A-3 expires in half a write window
         await delete_items(make_settings(), "c", [1, 2, 3])  # TTL, by the time it lands
         (restarted,) = await _append(other, "c", "b")  # a new epoch B at 1
+        calls = len(fault_proxy.seen)
         (appended,) = await _append(mine, "c", "a")
         assert restarted.epoch != old[0].epoch
         assert (appended.epoch, appended.seq) == (restarted.epoch, restarted.seq + 1)
+        assert fault_proxy.seen[calls:] == ["query", "transactwriteitems"]  # read, then write once
 
 
 async def test_after_ttl_deleted_the_newest_items_appends_open_a_new_epoch_above_them(
@@ -350,3 +359,69 @@ async def _all_seqs(settings: Settings, channel: str) -> list[int]:
         for item in await raw_items(settings, channel)
         for offset in range(len(item["events"]["L"]))
     ]
+
+
+async def _purge(settings: Settings, channel: str) -> None:
+    """Delete every item of the channel, oldest first (as the README says a purge must)."""
+    keys = [int(item["seq"]["N"]) for item in await raw_items(settings, channel)]
+    await delete_items(settings, channel, keys)
+
+
+async def test_a_writer_whose_cached_end_was_purged_never_reuses_an_id(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    async with open_log() as p1, open_log() as p2:
+        acked = [e.event_id for v in (1, 2) for e in await _append(p1, "c", v)]  # p1 caches 2
+        acked += [e.event_id for v in (3, 4, 5) for e in await _append(p2, "c", v)]
+        await _purge(make_settings(), "c")
+        (after,) = await _append(p1, "c", "after the purge")
+    assert after.event_id not in acked  # today's main acknowledged <epoch>-3 again
+    assert (after.seq, after.since) == (1, 1)  # the log started over: a new epoch
+    assert parse_event_id(acked[0]) is not None
+    assert after.epoch != parse_event_id(acked[0]).epoch  # type: ignore[union-attr]
+
+
+async def test_a_stale_writer_after_a_purge_joins_the_new_epoch_instead_of_forking_the_log(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    async with open_log() as p1, open_log() as p2:
+        for v in range(6):
+            await _append(p1, "c", v)  # p1 caches <old>-6
+        await _purge(make_settings(), "c")
+        new = [e for v in "abc" for e in await _append(p2, "c", v)]  # p2 opens epoch B at 1
+        (late,) = await _append(p1, "c", "late")
+        new += [late] + [e for v in "de" for e in await _append(p2, "c", v)]
+        # Every event acknowledged since the purge is in one epoch, in order, once.
+        assert [(e.epoch, e.seq) for e in new] == [(new[0].epoch, seq) for seq in range(1, 7)]
+        page = await p1.read_after("c", 0)
+        assert [e.event_id for e in page.events] == [e.event_id for e in new]
+
+
+async def test_a_writer_with_a_cached_end_after_the_table_was_replaced_starts_a_new_epoch(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    async with open_log() as log:
+        old = [e for v in range(3) for e in await _append(log, "c", v)]
+        async with open_dynamodb(settings, local_session()) as client:
+            await client.delete_table(TableName=settings.table_name)
+            await ensure_table(client, settings.table_name)
+        (after,) = await _append(log, "c", "x")
+    assert (after.seq, after.since) == (1, 1) and after.epoch != old[0].epoch
+    assert [int(item["seq"]["N"]) for item in await raw_items(settings, "c")] == [1]
+
+
+async def test_an_epoch_opened_above_an_older_one_takes_the_next_fingerprint(
+    open_log: OpenLog, make_settings: Callable[..., Settings]
+) -> None:
+    now = [1_000_000.0]
+    epochs = []
+    async with open_log(clock=lambda: now[0], retention_seconds=600) as log:
+        for _ in range(3):
+            (event,) = await _append(log, "c", "x")
+            epochs.append(event.epoch)
+            now[0] += 601  # expired: the next append opens an epoch above it
+    # So a composite cursor's 12-bit fingerprint never confuses an older epoch of
+    # the chain with the current one (gateway/composite.py).
+    fingerprints = [int(epoch[:3], 16) for epoch in epochs]
+    assert fingerprints[1:] == [(f + 1) % 4096 for f in fingerprints[:-1]]

@@ -23,7 +23,7 @@ from gateway.store import EventLog
 from tests.cloudwatch import datapoints, total
 from tests.eventstream import EventStreamParser, MessageEvent
 from tests.lambda_events import load_event
-from tests.lambda_runtime import DROP, Outcome, RuntimeAPIEmulator
+from tests.lambda_runtime import DROP, MAX_STREAMED_BYTES, Outcome, RuntimeAPIEmulator
 from tests.servers import FaultProxy
 
 OpenLog = Callable[..., AbstractAsyncContextManager[EventLog]]
@@ -216,7 +216,8 @@ async def test_stream_reports_a_bad_invocation_to_the_error_endpoint_and_goes_on
         good = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.5), 20)
         assert runtime_process.process.returncode is None
     assert bad.kind == "error"
-    assert bad.headers["lambda-runtime-function-error-type"] == "InvalidEvent"
+    # Lambda's rule, (Runtime|Function).<Name>, which the emulator checks on every error.
+    assert bad.headers["lambda-runtime-function-error-type"] == "Function.InvalidEvent"
     assert "function URL event" in json.loads(bad.body)["errorMessage"]
     assert (good.kind, good.prelude["statusCode"]) == ("response", 200)
     (refusal,) = [line for line in runtime_process.logs() if line["message"].startswith("refused")]
@@ -236,15 +237,28 @@ async def test_stream_reports_an_error_after_the_first_byte_in_trailers(runtime:
 async def test_stream_cancels_an_invocation_at_its_deadline_and_serves_the_next(
     runtime: Runtime,
 ) -> None:
-    """Nothing stops code at the deadline on Managed Instances: the loop must."""
-    async with runtime(_serve("never_finishes"), warm=False) as (emulator, _):
+    """Nothing stops code at the deadline on Managed Instances: the loop must. Lambda
+    cuts a response still streaming at the deadline (410); one the loop ended with
+    its error trailers at the same instant is as good."""
+    async with runtime(_serve("never_finishes"), warm=False) as (emulator, runtime_process):
+        await emulator.wait_until(lambda: emulator.polling == 1)  # started: the deadline is all
         first = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.0), 20)
         second = await asyncio.wait_for(emulator.invoke(load_event("subscribe"), 1.0), 20)
+        cut = [o for o in (first, second) if o.answered == 410]
+        assert [r.status for r in emulator.take_refusals()] == [410] * len(cut)
     for outcome in (first, second):
         assert outcome.payload == b"forever"
-        assert outcome.finished_at >= outcome.deadline
-        body = json.loads(base64.b64decode(outcome.trailers["lambda-runtime-function-error-body"]))
-        assert body["errorMessage"] == "the invocation ran past its deadline"
+        if outcome.answered == 202:
+            trailer = outcome.trailers["lambda-runtime-function-error-body"]
+            assert json.loads(base64.b64decode(trailer))["errorMessage"] == (
+                "the invocation ran past its deadline"
+            )
+        else:
+            assert outcome.answered == 410 and outcome.finished_at >= outcome.deadline
+    cancelled = [
+        line["requestId"] for line in runtime_process.logs() if line["message"] == "cancelled"
+    ]
+    assert cancelled == [first.request_id, second.request_id]
 
 
 async def test_stream_reports_invalid_settings_to_init_error(runtime: Runtime) -> None:
@@ -425,3 +439,97 @@ async def test_stream_reports_metrics_as_emf_lines_after_each_invocation(
     # Needs the session wiring (gateway/session.py):
     assert total(points, "sse_gateway_events_delivered_total", **named) == 2
     assert total(points, "sse_gateway_sessions_total", **named, end="deadline") == 1
+
+
+async def test_stream_sends_each_invocations_trace_id_on_its_own_dynamodb_calls(
+    runtime: Runtime, open_log: OpenLog, fault_proxy: FaultProxy
+) -> None:
+    """Two invocations at once in one process, each with its own
+    ``Lambda-Runtime-Trace-Id``, each resuming on a channel of its own: seen at the
+    wire, each one's DynamoDB requests carry its trace id, never the other's. The
+    first one's head query is held at the proxy until the second has run, so its
+    read of the log comes after the second began (when a process-wide
+    ``_X_AMZN_TRACE_ID`` would name the second)."""
+    async with (
+        open_log() as log,
+        runtime(
+            AWS_LAMBDA_MAX_CONCURRENCY="2",
+            AWS_LAMBDA_FUNCTION_NAME="subscribe-fn",  # as on Lambda, where botocore traces too
+            SSE_GATEWAY_DYNAMODB_ENDPOINT_URL=fault_proxy.url,
+        ) as (emulator, _),
+    ):
+        await emulator.wait_until(lambda: emulator.polling == 2)
+        published = {}
+        for channel in ("trace:a", "trace:b"):
+            # Three items: a resume after the first must read the log, not only the head.
+            published[channel] = [
+                (await log.append(channel, [NewEvent(str(n))])).events[0] for n in range(3)
+            ]
+
+        def resume(channel: str) -> dict[str, Any]:
+            event = load_event("subscribe", last_event_id=published[channel][0].event_id)
+            event["rawPath"] = f"/channels/{channel}/events"
+            return event
+
+        held = fault_proxy.hold("query")
+        first = emulator.invoke(resume("trace:a"), timeout_seconds=5.0)
+        assert await asyncio.to_thread(held.applied.wait, 30)
+        second = await asyncio.wait_for(emulator.invoke(resume("trace:b"), 2.0), 30)
+        held.released.set()
+        first_outcome = await asyncio.wait_for(first, 30)
+
+    assert first_outcome.trace_id != second.trace_id
+    for channel, outcome in (("trace:a", first_outcome), ("trace:b", second)):
+        events, _ = _events(outcome)
+        assert [e.last_event_id for e in events] == [e.event_id for e in published[channel][1:]]
+        queries = [
+            request
+            for request in fault_proxy.traced
+            if request.operation == "query" and f'"{channel}"'.encode() in request.body
+        ]
+        traced = [request.trace_id for request in queries if request.trace_id is not None]
+        assert len(traced) >= 2  # its head query and its read of the log, made for it
+        assert set(traced) == {outcome.trace_id}
+        # The channel's shared tail loop serves no one invocation: it carries no trace id.
+        assert any(request.trace_id is None for request in queries)
+
+
+@pytest.mark.parametrize("cut", ["oversized", "dropped"])
+async def test_stream_ends_a_session_the_runtime_api_cuts_short_at_once(
+    runtime: Runtime, open_log: OpenLog, cut: str
+) -> None:
+    """Lambda answers 413 past the size cap while the response still streams, or the
+    connection closes: the session ends then, not at its next write. No heartbeat
+    falls within the invocation, so without reading the connection the worker would
+    be back at ``/next`` only when the session ends itself, before its deadline."""
+    timeout = 30.0
+    margin = 1.0  # SSE_GATEWAY_LAMBDA_DEADLINE_MARGIN_SECONDS in the fixture
+    async with (
+        open_log() as log,
+        runtime(SSE_GATEWAY_HEARTBEAT_SECONDS=str(2 * timeout)) as (emulator, runtime_process),
+    ):
+        await emulator.wait_until(lambda: emulator.polling == 1)
+        started = emulator.payloads_started
+        if cut == "oversized":
+            emulator.max_streamed_bytes = 1024  # the prelude and a few frames
+        else:
+            emulator.fail_response(DROP)  # once the payload begins
+        pending = emulator.invoke(load_event("subscribe"), timeout_seconds=timeout)
+        await emulator.wait_until(lambda: emulator.payloads_started == started + 1)
+        if cut == "oversized":
+            await log.append("orders:42", [NewEvent(json.dumps("x" * 2048))])
+        outcome = await asyncio.wait_for(pending, 2 * timeout)
+        await emulator.wait_until(lambda: emulator.polling == 1)
+        back_at_next = asyncio.get_running_loop().time()  # time.monotonic, as the deadline
+        emulator.max_streamed_bytes = MAX_STREAMED_BYTES
+        after = await asyncio.wait_for(emulator.invoke(load_event("healthz"), 5), 20)
+        refusals = emulator.take_refusals()
+
+    assert back_at_next < outcome.deadline - margin
+    assert outcome.answered == (413 if cut == "oversized" else DROP)
+    assert [r.status for r in refusals] == ([413] if cut == "oversized" else [])
+    assert after.prelude["statusCode"] == 200
+    errors = [line for line in runtime_process.logs() if line["level"] == "ERROR"]
+    assert errors and all(line["requestId"] == outcome.request_id for line in errors)
+    if cut == "oversized":
+        assert "answered 413" in errors[0]["message"]
