@@ -70,7 +70,8 @@ def _config(module: str, tests: list[str]) -> str:
         "do_not_mutate=" + "\n    ".join(f"gateway/{name}" for name in others),
         "also_copy=tests\n    infra\n    handlers\n    pyproject.toml",
         "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
-        "pytest_add_cli_args=-p no:cacheprovider --hypothesis-profile=mutation",
+        # One argument a line, as mutmut reads them.
+        "pytest_add_cli_args=-p\n    no:cacheprovider\n    --hypothesis-profile=mutation",
     ]
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,10 @@ CHROMIUM_ARGS = [
 ]
 
 
+# No wall-clock limit per example (hypothesis's deadline is one): on a busy
+# machine a pure function's example can take longer than 200 ms.
+hypothesis_settings.register_profile("default", deadline=None)
+hypothesis_settings.load_profile("default")
 # For bench/mutation.py, which runs a module's tests once per mutant: fewer
 # examples, the same ones each run (pytest --hypothesis-profile=mutation).
 hypothesis_settings.register_profile("mutation", max_examples=25, derandomize=True, deadline=None)
