@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from gateway.dynamodb import open_dynamodb
+from gateway.errors import StoreMisconfigured
 from gateway.items import Batch, LogEnd, StoredEvent, batch_item, idempotency_record
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, RecordedMetrics
 from gateway.settings import Settings
 from gateway.writes import put_batch, transact_batch
 from infra.local import local_session
@@ -130,3 +133,22 @@ async def test_a_transaction_answers_the_slots_holder_or_a_live_record_and_write
     assert await _seqs(settings) == [(1, "w1"), (2, "w4")]
     assert await _seqs(settings, "c#old") == [(0, "w4")]
     assert await _seqs(settings, "c#live") == [(0, "w1")]
+
+
+async def test_each_write_is_counted_by_its_operation_and_a_missing_table_named(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(table_name="no-such-table")
+    metrics = RecordedMetrics()
+    async with open_dynamodb(settings, local_session()) as client:
+        with pytest.raises(StoreMisconfigured, match=r"^DynamoDB table 'no-such-table' is missing"):
+            await put_batch(client, "no-such-table", metrics, _item(1, "w1"))
+        with pytest.raises(StoreMisconfigured, match=r"^DynamoDB table 'no-such-table' is missing"):
+            await transact_batch(client, "no-such-table", metrics, _item(1, "w1"), None, [], NOW)
+    counted = {
+        operation: metrics.registry.get_sample_value(
+            "sse_gateway_store_requests_total", {"operation": operation}
+        )
+        for operation in ("put", "transact_write", "query")
+    }
+    assert counted == {"put": 1, "transact_write": 1, "query": 0}
