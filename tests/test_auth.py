@@ -73,12 +73,23 @@ def test_pattern_matches_table(pattern: str, channel: str, allowed: bool) -> Non
         {"subscribe": ["or*"]},
         {"subscribe": ["a\nb"]},
         {"publish": [""]},
+        {"publish": ["x" * 129]},
         {"admin": ["*"]},
     ],
 )
 def test_grants_from_claim_rejects_malformed_claims(claim: Any) -> None:
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Unauthorized) as caught:
         Grants.from_claim(claim)
+    assert caught.value.message in {
+        'the token\'s "sse" claim must be {"subscribe": [...], "publish": [...]}',
+        'the token\'s "sse.subscribe" must be a list of channel patterns',
+        'the token\'s "sse.publish" must be a list of channel patterns',
+    }
+
+
+def test_grants_from_claim_accepts_patterns_of_one_to_128_characters() -> None:
+    grants = Grants.from_claim({"subscribe": ["a", "x" * 128, "*"]}, expires_at=5.0)
+    assert grants == Grants(("a", "x" * 128, "*"), (), 5.0)
 
 
 def test_bearer_token_prefers_header_then_query_then_cookie() -> None:
@@ -86,6 +97,7 @@ def test_bearer_token_prefers_header_then_query_then_cookie() -> None:
     assert bearer_token({"authorization": "Basic x"}, {"token": "q"}, {"sse_token": "c"}) == "q"
     assert bearer_token({}, {}, {"sse_token": "c"}) == "c"
     assert bearer_token({"authorization": "Bearer "}, {}, {}) is None
+    assert bearer_token({"authorization": "bearer  h "}, {"token": "q"}, {}) == "h"
 
 
 def _keys(kind: str) -> tuple[Any, str]:
@@ -141,8 +153,11 @@ def test_authenticator_rejects_bad_tokens(token: str | None, error: str) -> None
 
 def test_authenticator_allows_small_clock_skew() -> None:
     authenticator = Authenticator(Settings(auth_secret=SECRET, auth_leeway_seconds=10))
-    skewed = mint({**GRANT, "nbf": int(time.time()) + 5, "exp": int(time.time()) - 5})
+    expires = int(time.time()) - 5
+    skewed = mint({**GRANT, "nbf": int(time.time()) + 5, "exp": expires})
     assert authenticator.grants(skewed).allows(Action.SUBSCRIBE, "orders:1")
+    # The grant holds until its expiry plus the same leeway.
+    assert authenticator.authorize(skewed, Action.SUBSCRIBE, "orders:1") == expires + 10
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])

@@ -49,6 +49,8 @@ def test_the_cursor_format_is_stable_across_versions() -> None:
         "user:7": Position("0123abcd", 2**20 + 3),
         "jobs": EMPTY,
     }
+    # An epoch known only by its fingerprint (an old one's) keeps it.
+    assert composite.epoch_fingerprint("~abc") == composite.epoch_fingerprint("abcdef01") == 0xABC
     cursor = "XZ.5Jq8bILAS1000Z"
     assert composite.encode(positions) == cursor
     assert composite.decode(cursor, list(positions)) == {

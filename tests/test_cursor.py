@@ -162,3 +162,8 @@ def test_an_epoch_opened_above_another_takes_the_next_fingerprint(above: str) ->
     opened = new_epoch(above)
     assert parse_event_id(f"{opened}-1") == Position(opened, 1)
     assert int(opened[:3], 16) == (int(above[:3], 16) + 1) % 4096
+
+
+def test_the_fingerprint_after_the_last_one_wraps_to_the_first() -> None:
+    opened = new_epoch("fff01234")
+    assert opened[:3] == "000" and len(opened) == 8
