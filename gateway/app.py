@@ -37,6 +37,7 @@ from gateway.errors import (
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
+from gateway.notify import notifier_for
 from gateway.publisher import Publisher
 from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
@@ -125,6 +126,8 @@ def create_app(
         metrics = Metrics()
     if settings.metrics and not isinstance(metrics, RecordedMetrics):
         raise ValueError("SSE_GATEWAY_METRICS is on: pass the RecordedMetrics the store reports to")
+    # Other processes' appends wake this one's feeds (and its appends theirs).
+    notifier = notifier_for(settings, metrics)
     hub = ChannelHub(
         store,
         poll_min_seconds=settings.poll_min_seconds,
@@ -133,9 +136,11 @@ def create_app(
         buffer_bytes=settings.feed_buffer_bytes,
         max_feeds=settings.max_feeds,
         metrics=metrics,
+        notifier=notifier,
+        notified_poll_seconds=settings.notified_poll_seconds,
     )
     metrics.watch_feeds(lambda: len(hub.feeds))
-    publisher = Publisher(store, settings, hub, metrics)
+    publisher = Publisher(store, settings, hub, metrics, notifier)
     rng = random.Random()
     authenticator = Authenticator(settings) if settings.auth_enabled else None
     if authenticator is None:
@@ -261,6 +266,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         yield {}
         hub.close()
+        if notifier is not None:
+            await notifier.aclose()
 
     routes = [Route("/healthz", healthz, methods=["GET"])]
     if subscribe:
@@ -319,5 +326,6 @@ def create_app(
             app.stream_app = entry.cls(app.stream_app, *entry.args, **entry.kwargs)
     app.state.hub = hub
     app.state.publisher = publisher
+    app.state.notifier = notifier
     app.state.metrics = metrics
     return app

@@ -20,7 +20,7 @@ from typing import Any
 
 import jwt
 
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import Forbidden, SettingsError, Unauthorized
 from gateway.settings import Settings
 
 TOKEN_COOKIE = "sse_token"
@@ -91,6 +91,11 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         if settings.auth_secret is not None:
             self._key: str = settings.auth_secret.get_secret_value()
+        elif settings.auth_secret_arn is not None:
+            # Never an empty HS256 key, which anyone could sign with.
+            raise SettingsError(
+                "the secret at SSE_GATEWAY_AUTH_SECRET_ARN was not fetched: use load_settings"
+            )
         else:
             self._key = settings.auth_public_key or ""
         self._algorithm = settings.auth_algorithm

@@ -16,6 +16,13 @@ the feed ends its sessions with ``retry:`` and the reconnects resolve their
 position against the new head. The second case cannot show in ``seq >
 scanned_to`` polls, so once the feed's newest item has expired it polls the
 head instead, which costs the same for an item of up to 4 KB.
+
+With a notifier (``gateway/notify.py``) the feed's one seam to other processes
+is ``notice``: what another process's notification carries goes through the
+same check as an in-process hand-over, and anything else wakes a read. While
+its subscription stands (``set_notified``), the idle poll is the safety poll
+(``NOTIFIED_POLL_SECONDS``), each one a head check, so purges and TTL still
+show within it; either switch reads the log once at once.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway import wire
 from gateway.cursor import EMPTY, Position
@@ -36,6 +44,9 @@ from gateway.fanout import Alarms, Attached
 from gateway.items import LogEnd, StoredEvent
 from gateway.metrics import Metrics
 from gateway.store import EventLog, Page
+
+if TYPE_CHECKING:
+    from gateway.notify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ class ChannelFeed:
         buffer_bytes: int,
         metrics: Metrics,
         alarms: Alarms,
+        notifier: Notifier | None = None,
+        notified_poll_seconds: float = 30.0,
     ) -> None:
         self.channel = channel
         self.epoch = start.epoch if start else None
@@ -66,6 +79,9 @@ class ChannelFeed:
         self._buffer_bytes = buffer_bytes
         self._metrics = metrics
         self._alarms = alarms
+        self._notifier = notifier
+        self._notified_poll = notified_poll_seconds
+        self._notified = False  # the notifier's subscription to this channel stands
         self._attached: dict[Attached, None] = {}  # sessions it writes to (gateway.fanout)
         self._events: list[StoredEvent] = []
         self._frames: dict[int, tuple[StoredEvent, bytes]] = {}
@@ -91,6 +107,8 @@ class ChannelFeed:
         self._task = asyncio.create_task(
             self._run(), name=f"sse-feed:{self.channel}", context=contextvars.Context()
         )
+        if self._notifier is not None:
+            self._notifier.follow(self)
 
     def stop(self, reason: GatewayError | None = None) -> None:
         """Stop polling; with a ``reason``, the feed's sessions end (with ``retry:``) too."""
@@ -98,6 +116,8 @@ class ChannelFeed:
             self._fail(reason)
         if self._task is not None:
             self._task.cancel()
+        if self._notifier is not None:
+            self._notifier.unfollow(self)
 
     def _fail(self, reason: GatewayError) -> None:
         if self.failure is None:
@@ -142,6 +162,11 @@ class ChannelFeed:
         return time.monotonic() - self._head_checked_at <= seconds
 
     @property
+    def head_interval(self) -> float:
+        """The longest the feed goes between looks at the log's head while idle."""
+        return self._notified_poll if self._notified else self._poll_max
+
+    @property
     def position(self) -> Position:
         """The newest position the feed has seen: every event up to it is read."""
         return Position(self.epoch, self._scanned_to) if self.epoch is not None else EMPTY
@@ -170,6 +195,28 @@ class ChannelFeed:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def set_notified(self, notified: bool) -> None:
+        """Whether the notifier's subscription to this channel stands: notifications
+        then bring appends, and the idle poll becomes the safety poll. Either switch
+        reads the log at once: what was appended before the subscription stood (or
+        after it fell) is found there, and the seq checks drop what a read and a
+        notification both bring."""
+        if notified != self._notified:
+            self._notified = notified
+            self.wake()
+
+    def notice(self, events: Sequence[StoredEvent]) -> None:
+        """Another process appended ``events`` (as its notification carried them, maybe
+        only the newest, maybe none): taken when they are the feed's next events in
+        its epoch; otherwise (a gap, a new epoch, a duplicate, out of order) the feed
+        reads the log now, and looks at its head when the epoch differs (a purge)."""
+        if self.failure is not None or self.hand_over(events, source="notification"):
+            return
+        self._metrics.notification("fell_back")
+        if events and events[0].epoch != self.epoch:
+            self._head_checked_at = -math.inf
+        self.wake()
 
     def attach(self, attached: Attached, at_most: float) -> None:
         """Write new events straight to ``attached``'s stream while they follow its
@@ -213,14 +260,20 @@ class ChannelFeed:
             if page.scanned_to >= self._scanned_to:
                 self._scanned_to, self._aligned = page.scanned_to, True
             if fresh:
-                self._deliver(fresh)
+                self._deliver(fresh, "poll")
                 interval = self._poll_min
             else:
                 interval = min(interval * 2, self._poll_max)
             if page.more:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+            notified = self._notified
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(), self._notified_poll if notified else interval
+                )
+            except TimeoutError:
+                if notified:
+                    self._metrics.safety_poll()
             self._wake.clear()
 
     async def _poll(self) -> Page:
@@ -257,7 +310,7 @@ class ChannelFeed:
             self._position_proven = proven and prior == page.scanned_to
         return page
 
-    def hand_over(self, events: Sequence[StoredEvent]) -> bool:
+    def hand_over(self, events: Sequence[StoredEvent], source: str = "in_process") -> bool:
         """Buffer events this process just appended, if they follow the feed's
         position in its epoch (nothing can lie between): delivered at once, without
         waiting for a poll. Otherwise (another process wrote in between, a new
@@ -265,18 +318,21 @@ class ChannelFeed:
         if not events or self.failure is not None:
             return False
         first = events[0]
-        if first.epoch != self.epoch or first.seq != self._scanned_to + 1:
+        starts_log = self.epoch is None and first.since == 1  # the log's first events
+        if (first.epoch != self.epoch and not starts_log) or first.seq != self._scanned_to + 1:
             return False
+        self.epoch = first.epoch
         # Appends may share an item (group commit): the position may now lie inside
         # one, so the next poll also looks for the rest of the item.
         self._scanned_to, self._aligned = events[-1].seq, False
         self._position_proven = True
-        self._deliver(list(events))
+        self._deliver(list(events), source)
         return True
 
-    def _deliver(self, events: list[StoredEvent]) -> None:
+    def _deliver(self, events: list[StoredEvent], source: str) -> None:
         """Buffer new events, write them to the attached sessions they follow
         (detaching the others), and wake the sessions that read the buffer."""
+        self._metrics.fed(source, len(events))
         self._buffer(events)
         if self._attached:
             self._fan_out(events)
@@ -340,8 +396,12 @@ class ChannelHub:
         buffer_bytes: int = 8 << 20,
         max_feeds: int = 10_000,
         metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        notified_poll_seconds: float = 30.0,
     ) -> None:
         self._store = store
+        self._notifier = notifier
+        self._notified_poll = notified_poll_seconds
         self._metrics = metrics if metrics is not None else Metrics()
         self._poll_min = poll_min_seconds
         self._poll_max = poll_max_seconds
@@ -364,7 +424,7 @@ class ChannelHub:
         if (
             feed is None
             or feed.failure is not None
-            or not feed.head_seen_within(10 * self._poll_max)
+            or not feed.head_seen_within(max(10 * self._poll_max, 2 * feed.head_interval))
         ):
             return None
         return feed
@@ -398,6 +458,8 @@ class ChannelHub:
                 buffer_bytes=self._buffer_bytes,
                 metrics=self._metrics,
                 alarms=self._alarms,
+                notifier=self._notifier,
+                notified_poll_seconds=self._notified_poll,
             )
             self._feeds[channel] = feed
             feed.start()

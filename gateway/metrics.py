@@ -45,6 +45,14 @@ STORE_OPERATIONS = ("query", "put", "transact_write")
 # accessible; unknown: an error code the gateway does not know (logged).
 STORE_ERROR_KINDS = ("throttled", "unavailable", "conflict", "misconfigured", "unknown")
 
+# How a feed learnt of the events it took in: another process's notification
+# (gateway/notify.py), its own read of the log, or a publish through this process.
+FEED_SOURCES = ("notification", "poll", "in_process")
+# sent / send_failed: by a writer, after its append was stored; received: from
+# another process, for a channel this one follows; fell_back: received, but not
+# the next events of the feed's epoch, so the feed reads the log instead.
+NOTIFICATION_OUTCOMES = ("sent", "send_failed", "received", "fell_back")
+
 # Seconds. A publish takes milliseconds, and at most the write window (65 s by
 # default). A delivery waits for a poll (up to POLL_MAX_SECONDS), for an idle
 # client to return (IDLE_RETRY_MS), or is a replay after a reconnect: hours.
@@ -91,6 +99,18 @@ class Metrics:
     def watch_feeds(self, count: Callable[[], int]) -> None:
         """``count()`` is the number of channel feeds the process runs, read when
         the metrics are."""
+
+    def fed(self, source: str, count: int) -> None:
+        """A feed took in ``count`` new events, learnt of by one of ``FEED_SOURCES``."""
+
+    def notification(self, outcome: str) -> None:
+        """A notification was one of ``NOTIFICATION_OUTCOMES``."""
+
+    def safety_poll(self) -> None:
+        """A feed polled because its notified interval passed without a wake-up."""
+
+    def notifier_connected(self, connected: bool) -> None:
+        """The process's notifier subscription connection is up (or down)."""
 
 
 class RecordedMetrics(Metrics):
@@ -141,11 +161,35 @@ class RecordedMetrics(Metrics):
             registry=registry,
         )
         self._feeds = Gauge("sse_gateway_feeds", "channel feeds running now", registry=registry)
+        fed = Counter(
+            "sse_gateway_feed_events",
+            "new events feeds took in, by how they learnt of them",
+            ["source"],
+            registry=registry,
+        )
+        notifications = Counter(
+            "sse_gateway_notifications",
+            "pub/sub notifications, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self._safety_polls = Counter(
+            "sse_gateway_safety_polls",
+            "feed polls made because a notified interval passed without a wake-up",
+            registry=registry,
+        )
+        self._notifier_connected = Gauge(
+            "sse_gateway_notifier_connected",
+            "1 while the notifier's subscription connection is up",
+            registry=registry,
+        )
         # Every label value up front: zeros rather than missing series.
         self._ends = {end: sessions.labels(end) for end in SESSION_ENDS}
         self._resets = {reason: resets.labels(reason) for reason in RESET_REASONS}
         self._requests = {op: requests.labels(op) for op in STORE_OPERATIONS}
         self._errors = {kind: errors.labels(kind) for kind in STORE_ERROR_KINDS}
+        self._fed = {source: fed.labels(source) for source in FEED_SOURCES}
+        self._notifications = {o: notifications.labels(o) for o in NOTIFICATION_OUTCOMES}
 
     def session_started(self) -> None:
         self._open_sessions.inc()
@@ -180,6 +224,18 @@ class RecordedMetrics(Metrics):
 
     def watch_feeds(self, count: Callable[[], int]) -> None:
         self._feeds.set_function(lambda: float(count()))
+
+    def fed(self, source: str, count: int) -> None:
+        self._fed[source].inc(count)
+
+    def notification(self, outcome: str) -> None:
+        self._notifications[outcome].inc()
+
+    def safety_poll(self) -> None:
+        self._safety_polls.inc()
+
+    def notifier_connected(self, connected: bool) -> None:
+        self._notifier_connected.set(1 if connected else 0)
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format."""

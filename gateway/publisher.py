@@ -3,7 +3,9 @@
     async with open_publisher(load_settings()) as publisher:
         event_id = await publisher.publish("orders:42", {"status": "paid"})
 
-The same validation as the HTTP API applies, so both paths write the same log.
+The same validation as the HTTP API applies, so both paths write the same log,
+and both notify other processes (``SSE_GATEWAY_NOTIFY_URL``, ``gateway/notify.py``)
+once an append is stored: the one place a stored append is announced.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gateway.commit import Appended
 from gateway.dynamodb import open_dynamodb
 from gateway.items import NewEvent, StoredEvent
 from gateway.metrics import Metrics
+from gateway.notify import Notifier, notifier_for
 from gateway.settings import Settings
 from gateway.store import EventLog
 from gateway.validation import check_channel, check_idempotency_key, new_events
@@ -36,11 +39,13 @@ class Publisher:
         settings: Settings,
         listener: AppendListener | None = None,
         metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._listener = listener
         self._metrics = metrics if metrics is not None else Metrics()
+        self._notifier = notifier
 
     async def publish(
         self,
@@ -83,13 +88,16 @@ class Publisher:
     async def append(
         self, channel: str, events: Sequence[NewEvent], *, idempotency_key: str | None = None
     ) -> Appended:
-        """Append already validated events and wake this process's tail of the channel."""
+        """Append already validated events, then wake this process's tail of the channel
+        and notify the others (which never fails the append)."""
         started = time.monotonic()
         appended = await self._store.append(channel, events, idempotency_key=idempotency_key)
         if not appended.replayed:  # a repeat stored nothing
             self._metrics.published(len(appended.events), time.monotonic() - started)
             if self._listener is not None:
                 self._listener.appended(channel, appended.events)
+            if self._notifier is not None:
+                await self._notifier.published(channel, appended.events)
         return appended
 
 
@@ -97,6 +105,11 @@ class Publisher:
 async def open_publisher(
     settings: Settings, session: aioboto3.Session | None = None
 ) -> AsyncIterator[Publisher]:
-    async with open_dynamodb(settings, session) as client:
-        store = EventLog.for_settings(client, settings)
-        yield Publisher(store, settings)
+    notifier = notifier_for(settings)
+    try:
+        async with open_dynamodb(settings, session) as client:
+            store = EventLog.for_settings(client, settings)
+            yield Publisher(store, settings, notifier=notifier)
+    finally:
+        if notifier is not None:
+            await notifier.aclose()

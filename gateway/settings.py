@@ -5,6 +5,13 @@ validation error into one that names the variable, and an ``SSE_GATEWAY_*``
 variable that is no setting stops the start too, naming the closest setting: a
 typo in a deployment fails at start with a message the operator can act on,
 rather than leaving a default silently in force.
+
+No error prints a secret: pydantic's errors carry the input (a model-level
+error all of it), so ``load_settings`` shows the input only of fields that are
+not ``SecretStr``, never chains pydantic's error (a traceback would print it),
+and keys are checked here, at start, rather than at the first token. A
+secret kept in AWS (``AUTH_SECRET_ARN``) is fetched by ``load_settings``, once
+per start (``gateway/keys.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pydantic_settings import (
 )
 
 from gateway.errors import SettingsError
+from gateway.keys import check_public_key, check_secret_length, fetch_secret
 
 ENV_PREFIX = "SSE_GATEWAY_"
 # Set by Lambda for a runtime, not by an operator: read under their own names.
@@ -114,6 +122,18 @@ class Settings(BaseSettings):
     feed_buffer_bytes: int = Field(
         8_388_608, ge=65_536, description="bytes of recent events one channel feed keeps"
     )
+    notify_url: SecretStr | None = Field(
+        None,
+        description="redis:// or rediss:// URL (with user and password or token) of a Redis or "
+        "Valkey whose pub/sub wakes other processes' feeds; unset: polling only",
+    )
+    notified_poll_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="while notifications flow, a channel's safety poll: a lost notification, "
+        "a writer without the notifier, a purge or TTL is seen within this",
+    )
     max_feeds: int = Field(
         10_000,
         ge=1,
@@ -154,6 +174,13 @@ class Settings(BaseSettings):
 
     auth_secret: SecretStr | None = Field(
         None, description="HS256 secret for JWT channel grants, 32+ characters; unset: auth off"
+    )
+    auth_secret_arn: str | None = Field(
+        None,
+        pattern=r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:"
+        r"|ssm:[a-z0-9-]+:[0-9]{12}:parameter/).+$",
+        description="the HS256 secret from AWS instead: a Secrets Manager secret's ARN "
+        "(its SecretString) or an SSM SecureString parameter's ARN, read once at start",
     )
     auth_public_key: str | None = Field(
         None, description="PEM public key for RS256/ES256 tokens instead of the secret"
@@ -225,23 +252,30 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return self.auth_secret is not None or self.auth_public_key is not None
+        keys = (self.auth_secret, self.auth_secret_arn, self.auth_public_key)
+        return any(key is not None for key in keys)
 
     @model_validator(mode="after")
     def _auth_key_matches_algorithm(self) -> Self:
-        if self.auth_secret is not None and self.auth_public_key is not None:
-            raise ValueError(
-                f"set {ENV_PREFIX}AUTH_SECRET (HS256) or {ENV_PREFIX}AUTH_PUBLIC_KEY "
-                "(RS256/ES256), not both"
-            )
-        if self.auth_secret is not None and self.auth_algorithm != "HS256":
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET goes with {ENV_PREFIX}AUTH_ALGORITHM=HS256")
+        keys = {
+            f"{ENV_PREFIX}AUTH_SECRET": self.auth_secret,
+            f"{ENV_PREFIX}AUTH_SECRET_ARN": self.auth_secret_arn,
+            f"{ENV_PREFIX}AUTH_PUBLIC_KEY": self.auth_public_key,
+        }
+        chosen = [variable for variable, key in keys.items() if key is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set one of {', '.join(keys)}, not {' and '.join(chosen)}")
+        if self.auth_public_key is None and chosen and self.auth_algorithm != "HS256":
+            raise ValueError(f"{chosen[0]} goes with {ENV_PREFIX}AUTH_ALGORITHM=HS256")
         if self.auth_public_key is not None and self.auth_algorithm == "HS256":
             raise ValueError(
                 f"{ENV_PREFIX}AUTH_PUBLIC_KEY needs {ENV_PREFIX}AUTH_ALGORITHM=RS256 or ES256"
             )
-        if self.auth_secret is not None and len(self.auth_secret.get_secret_value()) < 32:
-            raise ValueError(f"{ENV_PREFIX}AUTH_SECRET must be at least 32 characters")
+        if self.auth_secret is not None:
+            check_secret_length(self.auth_secret.get_secret_value(), f"{ENV_PREFIX}AUTH_SECRET")
+        if self.auth_public_key is not None:
+            variable = f"{ENV_PREFIX}AUTH_PUBLIC_KEY"
+            check_public_key(self.auth_public_key, self.auth_algorithm, variable)
         return self
 
     @property
@@ -266,6 +300,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("notify_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message names the scheme only: the URL holds the password.
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            scheme, separator, _ = value.get_secret_value().partition("://")
+            got = f"a {scheme[:16]!r} URL" if separator and scheme.isalpha() else "no URL"
+            raise ValueError(
+                f"must be a redis:// or rediss:// URL (got {got}); "
+                "set the Redis or Valkey to notify through"
+            )
+        return value
+
     @model_validator(mode="after")
     def _poll_bounds_ordered(self) -> Self:
         if self.poll_min_seconds > self.poll_max_seconds:
@@ -273,13 +320,27 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}POLL_MIN_SECONDS ({self.poll_min_seconds}) must not exceed "
                 f"{ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
             )
+        if self.notify_url is not None and self.notified_poll_seconds < self.poll_max_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}NOTIFIED_POLL_SECONDS ({self.notified_poll_seconds}) must not be "
+                f"shorter than {ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
+            )
         return self
 
 
+def _is_secret(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    return info is not None and SecretStr in (
+        info.annotation,
+        *getattr(info.annotation, "__args__", ()),
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with explicit ``overrides`` taking precedence."""
+    """Settings from the environment, with explicit ``overrides`` taking precedence,
+    and the secret at ``AUTH_SECRET_ARN`` fetched."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -288,8 +349,21 @@ def load_settings(**overrides: Any) -> Settings:
                 name = f"{ENV_PREFIX}{field.upper()}"
             else:  # a variable read under its own name (AWS_LAMBDA_*), or the whole model
                 name = field or "settings"
-            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
+            # A model-level error's input is every setting, secrets included.
+            shown = error["loc"] and not _is_secret(str(error["loc"][0]))
+            got = f" (got {error.get('input')!r})" if shown else ""
+            problems.append(f"{name}: {error['msg']}{got}")
+        # Not chained: pydantic's own message would print the inputs in a traceback.
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    if settings.auth_secret_arn is None:
+        return settings
+    variable = f"{ENV_PREFIX}AUTH_SECRET_ARN"
+    secret = fetch_secret(settings.auth_secret_arn, variable)
+    try:
+        check_secret_length(secret, f"the secret at {variable}")
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    return settings.model_copy(update={"auth_secret": SecretStr(secret)})
 
 
 def runtime_api_address() -> str | None:

@@ -8,7 +8,8 @@ that ``moto_server`` uses: werkzeug answers every request with ``Connection:
 close``, so each DynamoDB call paid a new TCP connection and a new server
 thread, which DynamoDB itself (keep-alive over TLS) does not make a client
 pay. With connections kept alive a call costs about a third less
-(BENCHMARKS.md §1).
+(BENCHMARKS.md §1). TransactWriteItems is served by ``infra.transactions``
+in front of moto's app: moto's own copies every table it touches.
 
     python -m infra.local --port 8000   # the embedded DynamoDB on its own
 """
@@ -19,8 +20,14 @@ import argparse
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import aioboto3
+
+from infra.transactions import TransactionLayer
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
 
 
 def local_session() -> aioboto3.Session:
@@ -30,30 +37,29 @@ def local_session() -> aioboto3.Session:
     )
 
 
-@contextmanager
-def embedded_dynamodb(
-    host: str = "127.0.0.1", port: int = 0, *, serialized: bool = False
-) -> Iterator[str]:
-    """Run moto's server for the duration of the block; yields its endpoint URL.
-
-    moto serves requests on threads with no lock around an operation, so two
-    conditional puts racing from different processes can both succeed.
-    ``serialized`` serves one request at a time instead, which makes every
-    operation atomic, as DynamoDB's are: for tests that race writers across
-    processes. (Within one process the gateway serializes a channel's appends
-    itself, so ``sse-gateway dev`` does not need it.)
-    """
+def moto_app(service: str | None = None) -> WSGIApplication:
+    """moto's own WSGI app, every service or only ``service``; state in this process."""
     try:
-        from cheroot.wsgi import Server
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     except ImportError as exc:
         raise RuntimeError(
             "the embedded DynamoDB needs moto: pip install 'sse-gateway[local]'"
         ) from exc
-    app = DomainDispatcherApplication(create_backend_app)
+    if service is not None:
+        return create_backend_app(service)  # type: ignore[arg-type]
+    app: WSGIApplication = DomainDispatcherApplication(create_backend_app)
+    return app
+
+
+@contextmanager
+def serve_wsgi(
+    app: WSGIApplication, host: str = "127.0.0.1", port: int = 0, threads: int = 8
+) -> Iterator[str]:
+    """Serve ``app`` with cheroot for the duration of the block; yields its URL."""
+    from cheroot.wsgi import Server
+
     # Idle kept-alive connections wait in cheroot's selector, not in a thread, so
     # one thread serves every connection, one request at a time.
-    threads = 1 if serialized else 8
     server = Server((host, port), app, numthreads=threads, max=threads)
     server.prepare()
     thread = threading.Thread(target=server.serve, name="embedded-dynamodb", daemon=True)
@@ -63,6 +69,26 @@ def embedded_dynamodb(
     finally:
         server.stop()
         thread.join()
+
+
+@contextmanager
+def embedded_dynamodb(
+    host: str = "127.0.0.1", port: int = 0, *, serialized: bool = False
+) -> Iterator[str]:
+    """Run moto's server for the duration of the block; yields its endpoint URL.
+
+    Transactions go through ``infra.transactions`` (atomic, and as fast on a
+    full table as on an empty one). Other requests are moto's: served on
+    threads with no lock around an operation, so two conditional puts racing
+    from different processes can both succeed. ``serialized`` serves one
+    request at a time instead, which makes every operation atomic, as
+    DynamoDB's are: for tests that race writers across processes. (Within one
+    process the gateway serializes a channel's appends itself, so
+    ``sse-gateway dev`` does not need it.)
+    """
+    app = TransactionLayer(moto_app(), items=moto_app("dynamodb"))
+    with serve_wsgi(app, host, port, threads=1 if serialized else 8) as url:
+        yield url
 
 
 def main() -> None:

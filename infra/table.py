@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.items import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
 
@@ -81,3 +81,5 @@ async def _ensure_ttl(client: DynamoDBClient, table_name: str) -> None:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         logger.warning("could not turn TTL on (%s); %s", code, what_to_do)
+    except BotoCoreError as exc:
+        logger.warning("could not turn TTL on (%s); %s", exc, what_to_do)

@@ -17,7 +17,7 @@ from gateway.settings import Settings
 from gateway.store import EventLog
 from infra.local import embedded_dynamodb, local_session
 from infra.table import ensure_table
-from tests.servers import FaultProxy, GatewayProcess, GatewayServer
+from tests.servers import FaultProxy, GatewayProcess, GatewayServer, RedisServer
 
 CHROMIUM = "/usr/bin/chromium"
 # As root in a closed network: no sandbox, and none of Chromium's own calls home.
@@ -127,6 +127,24 @@ def gateway_process(dynamodb_endpoint: str) -> Iterator[Callable[..., GatewayPro
     yield start
     for process in processes:
         process.kill()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Callable[..., RedisServer]]:
+    """A factory of real ``redis-server`` processes on free loopback ports (``port=`` to
+    start one again where a killed one was); all killed at teardown."""
+    servers: list[RedisServer] = []
+
+    def start(
+        port: int | None = None, password: str | None = None, cluster_dir: Path | None = None
+    ) -> RedisServer:
+        server = RedisServer(port, password, cluster_dir).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
 
 
 @pytest.fixture

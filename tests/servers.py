@@ -325,21 +325,106 @@ def sse_gateway_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "sse-gateway"), *args]
 
 
-class GatewayProcess:
-    """``sse-gateway dev`` as its own process on a fixed port, against a shared DynamoDB,
-    so a test can SIGKILL it and start it again where clients expect it."""
+class RedisServer:
+    """Debian's ``redis-server`` on a loopback port of its own, without persistence;
+    ``kill`` and ``start`` again keep the port, as a restarted Redis would."""
 
-    def __init__(self, dynamodb_endpoint: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, port: int | None = None, password: str | None = None, cluster_dir: Path | None = None
+    ) -> None:
+        self.port = port or (cluster_port() if cluster_dir else free_port())
+        self.password = password
+        self.cluster_dir = cluster_dir
+        credentials = f":{password}@" if password else ""
+        self.url = f"redis://{credentials}127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        if self.cluster_dir is not None:  # a node of a cluster (see create_cluster)
+            config = self.cluster_dir / f"nodes-{self.port}.conf"
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", str(config)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING within 20 s")
+
+    def kill(self) -> None:
+        """SIGKILL: every connection cut at once, every subscription gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above it) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10_000 <= 65_535:
+            with contextlib.suppress(OSError), socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10_000))
+                return port
+
+
+def create_cluster(nodes: list[RedisServer]) -> None:
+    """Join cluster-enabled ``nodes`` into one cluster (every slot covered, no replicas)
+    with Debian's ``redis-cli``, and wait until every node says it is ok."""
+    addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0"],
+        input=b"yes\n",
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 30
+    for node in nodes:
+        while (
+            b"cluster_state:ok"
+            not in subprocess.run(
+                ["redis-cli", "-p", str(node.port), "cluster", "info"],
+                capture_output=True,
+                check=True,
+            ).stdout
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not become ok within 30 s")
+            time.sleep(0.1)
+
+
+class GatewayProcess:
+    """``sse-gateway dev`` (or ``serve``) as its own process on a fixed port, against a
+    shared DynamoDB, so a test can SIGKILL it and start it again where clients expect it."""
+
+    def __init__(self, dynamodb_endpoint: str, env: dict[str, str], command: str = "dev") -> None:
         self._dynamodb_endpoint = dynamodb_endpoint
         self._env = {**os.environ, **env}
+        self._command = command
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
-        command = sse_gateway_command(
-            "dev", "--dynamodb-endpoint", self._dynamodb_endpoint, "--port", str(self.port)
-        )
+        if self._command == "serve":  # the settings name the DynamoDB
+            self._env["SSE_GATEWAY_DYNAMODB_ENDPOINT_URL"] = self._dynamodb_endpoint
+            command = sse_gateway_command("serve", "--port", str(self.port))
+        else:
+            command = sse_gateway_command(
+                "dev", "--dynamodb-endpoint", self._dynamodb_endpoint, "--port", str(self.port)
+            )
         self.process = subprocess.Popen(
             command, env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -123,7 +123,8 @@ async def test_metrics_count_publishes_and_store_calls_exactly(
     assert value(after, "sse_gateway_open_sessions") == 0
     # No channel name anywhere: labels have fixed, bounded values.
     assert all(
-        dict(labels).keys() <= {"end", "reason", "operation", "kind", "le"} for _, labels in after
+        dict(labels).keys() <= {"end", "reason", "operation", "kind", "le", "source", "outcome"}
+        for _, labels in after
     )
 
 
@@ -308,6 +309,19 @@ def test_label_values_outside_the_fixed_sets_are_refused() -> None:
         (metrics.reset, "orders:42"),
         (metrics.store_request, "scan"),
         (metrics.store_error, "oops"),
+        (metrics.notification, "orders:42"),
     ]:
         with pytest.raises(KeyError):
             report(unknown)
+    with pytest.raises(KeyError):
+        metrics.fed("orders:42", 1)
+
+
+def test_every_label_value_is_a_series_from_the_start() -> None:
+    samples = parse(RecordedMetrics().exposition().decode())
+    for source in ("notification", "poll", "in_process"):
+        assert value(samples, "sse_gateway_feed_events_total", source=source) == 0
+    for outcome in ("sent", "send_failed", "received", "fell_back"):
+        assert value(samples, "sse_gateway_notifications_total", outcome=outcome) == 0
+    assert value(samples, "sse_gateway_safety_polls_total") == 0
+    assert value(samples, "sse_gateway_notifier_connected") == 0

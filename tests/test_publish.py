@@ -138,7 +138,11 @@ def test_publish_function_reports_each_invocations_metrics_as_emf_lines(
     # What this invocation did, not the function's totals: the end was cached.
     assert total(second, "sse_gateway_events_published_total", **named) == 2
     assert total(second, "sse_gateway_store_requests_total", **named, operation="query") == 0
-    assert total(second, "sse_gateway_store_requests_total", **named, operation="put") == 1
+    # The channel's second write: a transaction with the check of the item it follows.
+    assert total(second, "sse_gateway_store_requests_total", **named, operation="put") == 0
+    assert (
+        total(second, "sse_gateway_store_requests_total", **named, operation="transact_write") == 1
+    )
     # Nothing of subscriptions in the publish function, not even zeros.
     assert not {p.name for p in first + second} & {"sse_gateway_open_sessions", "sse_gateway_feeds"}
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,10 @@ from gateway import (
 )
 from gateway.store import EventLog
 from infra.local import local_session
+from tests.iam import iam_actions, record_publisher
+from tests.servers import FaultProxy
+
+README = Path(__file__).parent.parent / "README.md"
 
 
 async def test_open_publisher_appends_through_the_python_api(
@@ -81,3 +87,23 @@ async def test_publish_with_an_idempotency_key_returns_the_original_ids(
         page = await log.read_after("jobs:7", 0)
     assert again == first
     assert [e.event_id for e in page.events] == [first, *batch]
+
+
+async def test_the_readme_policy_for_open_publisher_grants_exactly_what_it_does(
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+    fault_proxy: FaultProxy,
+) -> None:
+    """What a user's own Lambda or service needs (moto enforces no IAM, AWS does)."""
+    settings = make_settings()
+    used = iam_actions(await record_publisher(fault_proxy, settings, open_log), settings.table_name)
+    block = re.search(
+        r"<!-- open_publisher IAM policy -->\n```json\n(.*?)```", README.read_text(), re.S
+    )
+    assert block is not None
+    (statement,) = json.loads(block[1])["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert set(statement["Action"]) == used
+    assert re.fullmatch(
+        r"arn:aws:dynamodb:<region>:<account>:table/<[A-Za-z]+>", statement["Resource"]
+    )

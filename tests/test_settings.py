@@ -1,8 +1,15 @@
+import os
 import re
+import subprocess
+import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import SecretStr, TypeAdapter
 
 from gateway.errors import SettingsError
 from gateway.settings import Settings, load_settings, variable_names
@@ -154,9 +161,128 @@ def test_the_readme_settings_table_lists_every_setting_with_its_default() -> Non
             assert value == field.default, variable
 
 
+SECRET_FIELDS = [
+    name
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+]
+# Each beside a secret that is itself fine: invalid at field level elsewhere, at
+# model level (whose error's input is every setting), an unknown variable.
+BESIDE_A_SECRET = [
+    {"SSE_GATEWAY_RETRY_MS": "-1"},
+    {"SSE_GATEWAY_POLL_MIN_SECONDS": "5", "SSE_GATEWAY_POLL_MAX_SECONDS": "1"},
+    {"SSE_GATEWAY_RETENTION_SECONDS": "60"},
+    {"SSE_GATEWAY_AUTH_ALGORITHM": "RS256"},
+    {"SSE_GATEWAY_AUTH_PUBLIC_KEY": "not a key"},
+    {"SSE_GATEWAY_HEARTBEAT_SECOND": "5"},
+]
+
+
+def _printed(error: BaseException) -> str:
+    """All an error could show: its message and its whole traceback, causes included."""
+    return "".join(traceback.format_exception(error))
+
+
+@pytest.mark.parametrize("field", SECRET_FIELDS)
+@pytest.mark.parametrize("beside", [{}, *BESIDE_A_SECRET])
+def test_no_settings_error_prints_a_secret(
+    monkeypatch: pytest.MonkeyPatch, field: str, beside: dict[str, str]
+) -> None:
+    assert SECRET_FIELDS == ["notify_url", "auth_secret"]  # a new secret field is covered too
+    variable = variable_names(Settings)[field]
+    # Alone, too short to be a key; beside another mistake, long enough to be one.
+    secret = "leak-" + ("0123456789abcdef" * 3 if beside else "short")
+    for name, value in beside.items():
+        monkeypatch.setenv(name, value)
+    # A wrong type passed in code: pydantic's error carries the input.
+    with pytest.raises(SettingsError) as raised:
+        load_settings(**{field: [secret]})
+    assert "SSE_GATEWAY_" in raised.value.message
+    assert "leak-" not in _printed(raised.value)
+    monkeypatch.setenv(variable, secret)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "SSE_GATEWAY_" in raised.value.message
+    assert "leak-" not in _printed(raised.value)
+
+
+def test_no_start_up_path_prints_a_secret(tmp_path: Path) -> None:
+    """The container's and both functions' starts, as processes: what reaches the logs."""
+    env = {
+        **os.environ,
+        "SSE_GATEWAY_AUTH_SECRET": "leak-" + "x" * 40,
+        "SSE_GATEWAY_POLL_MIN_SECONDS": "5",
+        "SSE_GATEWAY_POLL_MAX_SECONDS": "1",
+        "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9",  # nothing listens: the report fails too
+    }
+    publish = "from handlers.publish import handler; handler({}, None)"
+    starts = [
+        [str(Path(sys.executable).parent / "sse-gateway"), "serve"],
+        [sys.executable, "-m", "handlers.stream"],
+        [sys.executable, "-c", publish],
+    ]
+    for command in starts:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0, command
+        assert "SSE_GATEWAY_POLL_MIN_SECONDS" in done.stdout + done.stderr, command
+        assert "leak-" not in done.stdout + done.stderr, command
+
+
+def _pem(key: Any) -> str:
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return str(public.decode())
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm", "problem"),
+    [
+        ("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----", "RS256", "PEM"),
+        ("ssh-rsa AAAAB3NzaC1yc2E", "RS256", "PEM"),
+        (_pem(ec.generate_private_key(ec.SECP256R1())), "RS256", "RSAPublicKey"),
+        (_pem(rsa.generate_private_key(65537, 2048)), "ES256", "EllipticCurvePublicKey"),
+    ],
+)
+def test_a_public_key_is_parsed_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, key: str, algorithm: str, problem: str
+) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_AUTH_PUBLIC_KEY", key)
+    monkeypatch.setenv("SSE_GATEWAY_AUTH_ALGORITHM", algorithm)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "SSE_GATEWAY_AUTH_PUBLIC_KEY" in raised.value.message
+    assert problem in raised.value.message
+    monkeypatch.setenv("SSE_GATEWAY_AUTH_ALGORITHM", "RS256")
+    monkeypatch.setenv("SSE_GATEWAY_AUTH_PUBLIC_KEY", _pem(rsa.generate_private_key(65537, 2048)))
+    assert load_settings().auth_enabled
+
+
 def _as_variable(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
         return ",".join(value)
     return str(value)
+
+
+def test_a_notify_url_that_is_no_redis_url_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "http://admin:hunter2-secret@cache:6379")
+    with pytest.raises(SettingsError, match="SSE_GATEWAY_NOTIFY_URL") as raised:
+        load_settings()
+    assert "redis:// or rediss://" in raised.value.message
+    assert "hunter2-secret" not in str(raised.value)
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "rediss://admin:hunter2-secret@cache:6379")
+    settings = load_settings()
+    assert settings.notify_url is not None
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_the_safety_poll_is_no_shorter_than_the_idle_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "redis://:hunter2-secret@cache:6379")
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFIED_POLL_SECONDS", "0.5")
+    with pytest.raises(SettingsError, match="SSE_GATEWAY_NOTIFIED_POLL_SECONDS") as raised:
+        load_settings()
+    assert "hunter2-secret" not in str(raised.value)
