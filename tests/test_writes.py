@@ -85,6 +85,28 @@ async def test_a_transaction_writes_the_batch_and_its_records_when_the_end_is_un
     assert await _seqs(settings, "c#k1") == await _seqs(settings, "c#k2") == [(0, "w2")]
 
 
+async def test_a_taken_key_is_not_read_as_a_moved_item(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # The check of the followed item passes while a record's key is taken: only the
+    # record is answered, the item did not move.
+    settings = make_settings()
+    below, live = _item(3, "w1"), _record("live", "w1")
+    async with _table(settings) as client:
+        await put_raw_items(settings, [below, live])
+        answer = await transact_batch(
+            client,
+            settings.table_name,
+            Metrics(),
+            _item(4, "w2"),
+            _end(below),
+            [_record("live", "w2"), _record("free", "w2")],
+            NOW,
+        )
+    assert answer == (None, False, [live, None])
+    assert await _seqs(settings) == [(3, "w1")]
+
+
 async def test_an_epoch_is_not_opened_above_an_item_that_moved(
     make_settings: Callable[..., Settings],
 ) -> None:
