@@ -24,7 +24,7 @@ from gateway.auth import (
     bearer_token,
     pattern_matches,
 )
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import Forbidden, SettingsError, Unauthorized
 from gateway.settings import Settings
 from tests.eventstream import read_session
 from tests.servers import GatewayServer
@@ -131,13 +131,17 @@ def _unsigned(claims: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     ("token", "error"),
     [
-        (None, "required"),
+        (
+            None,
+            r"^a token is required: send Authorization: Bearer <jwt>, \?token=<jwt> or the "
+            r"sse_token cookie$",
+        ),
         ("not-a-jwt", "invalid"),
         (mint(GRANT, SECRET[::-1]), "invalid"),
-        (mint({**GRANT, "exp": int(time.time()) - 60}), "expired"),
+        (mint({**GRANT, "exp": int(time.time()) - 60}), r"^the token has expired: get a new one$"),
         (
             mint({**GRANT, "nbf": int(time.time()) + 86_400}),
-            "not valid yet",
+            r"^the token is not valid yet \(nbf\)$",
         ),  # minted at collection
         (_unsigned(GRANT), "invalid"),
         (jwt.encode({"sse": GRANT["sse"]}, SECRET, algorithm="HS256"), "invalid"),  # no exp
@@ -310,3 +314,12 @@ async def test_a_multi_channel_subscription_needs_every_channel_granted(
         http, f"{server.url}/events?channel=orders:1&channel=orders:2&token={mint(GRANT)}"
     )
     assert allowed.status == 200
+
+
+def test_an_authenticator_never_runs_with_an_unfetched_secret() -> None:
+    settings = Settings(auth_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:s")
+    with pytest.raises(SettingsError) as caught:
+        Authenticator(settings)
+    assert caught.value.message == (
+        "the secret at SSE_GATEWAY_AUTH_SECRET_ARN was not fetched: use load_settings"
+    )
