@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 from playwright.async_api import BrowserContext as Browser
 from playwright.async_api import async_playwright
 
@@ -29,6 +30,24 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+# No wall-clock limit per example (hypothesis's deadline is one): on a busy
+# machine a pure function's example can take longer than 200 ms.
+hypothesis_settings.register_profile("default", deadline=None)
+hypothesis_settings.load_profile("default")
+# For bench/mutation.py, which runs a module's tests once per mutant: fewer
+# examples, the same ones each run (pytest --hypothesis-profile=mutation).
+hypothesis_settings.register_profile("mutation", max_examples=25, derandomize=True, deadline=None)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-seed",
+        type=int,
+        default=None,
+        help="the random seed of tests/test_soak.py (default: a new one, printed)",
+    )
 
 
 @pytest.fixture(scope="session")

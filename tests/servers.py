@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
@@ -449,6 +450,19 @@ class GatewayProcess:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         (line,) = [row for row in status.splitlines() if row.startswith("VmRSS:")]
         return int(line.split()[1]) * 1024
+
+
+async def gauges(http: httpx.AsyncClient, base_url: str) -> dict[str, float]:
+    """The unlabelled samples of ``GET /metrics`` (of a server with metrics on), as
+    an operator counts feeds and sessions."""
+    response = await http.get(f"{base_url}/metrics")
+    assert response.status_code == 200, response.text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 async def publish(

@@ -24,7 +24,7 @@ from gateway.auth import (
     bearer_token,
     pattern_matches,
 )
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import Forbidden, SettingsError, Unauthorized
 from gateway.settings import Settings
 from tests.eventstream import read_session
 from tests.servers import GatewayServer
@@ -73,12 +73,23 @@ def test_pattern_matches_table(pattern: str, channel: str, allowed: bool) -> Non
         {"subscribe": ["or*"]},
         {"subscribe": ["a\nb"]},
         {"publish": [""]},
+        {"publish": ["x" * 129]},
         {"admin": ["*"]},
     ],
 )
 def test_grants_from_claim_rejects_malformed_claims(claim: Any) -> None:
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Unauthorized) as caught:
         Grants.from_claim(claim)
+    assert caught.value.message in {
+        'the token\'s "sse" claim must be {"subscribe": [...], "publish": [...]}',
+        'the token\'s "sse.subscribe" must be a list of channel patterns',
+        'the token\'s "sse.publish" must be a list of channel patterns',
+    }
+
+
+def test_grants_from_claim_accepts_patterns_of_one_to_128_characters() -> None:
+    grants = Grants.from_claim({"subscribe": ["a", "x" * 128, "*"]}, expires_at=5.0)
+    assert grants == Grants(("a", "x" * 128, "*"), (), 5.0)
 
 
 def test_bearer_token_prefers_header_then_query_then_cookie() -> None:
@@ -86,6 +97,7 @@ def test_bearer_token_prefers_header_then_query_then_cookie() -> None:
     assert bearer_token({"authorization": "Basic x"}, {"token": "q"}, {"sse_token": "c"}) == "q"
     assert bearer_token({}, {}, {"sse_token": "c"}) == "c"
     assert bearer_token({"authorization": "Bearer "}, {}, {}) is None
+    assert bearer_token({"authorization": "bearer  h "}, {"token": "q"}, {}) == "h"
 
 
 def _keys(kind: str) -> tuple[Any, str]:
@@ -119,13 +131,17 @@ def _unsigned(claims: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     ("token", "error"),
     [
-        (None, "required"),
+        (
+            None,
+            r"^a token is required: send Authorization: Bearer <jwt>, \?token=<jwt> or the "
+            r"sse_token cookie$",
+        ),
         ("not-a-jwt", "invalid"),
         (mint(GRANT, SECRET[::-1]), "invalid"),
-        (mint({**GRANT, "exp": int(time.time()) - 60}), "expired"),
+        (mint({**GRANT, "exp": int(time.time()) - 60}), r"^the token has expired: get a new one$"),
         (
             mint({**GRANT, "nbf": int(time.time()) + 86_400}),
-            "not valid yet",
+            r"^the token is not valid yet \(nbf\)$",
         ),  # minted at collection
         (_unsigned(GRANT), "invalid"),
         (jwt.encode({"sse": GRANT["sse"]}, SECRET, algorithm="HS256"), "invalid"),  # no exp
@@ -141,8 +157,11 @@ def test_authenticator_rejects_bad_tokens(token: str | None, error: str) -> None
 
 def test_authenticator_allows_small_clock_skew() -> None:
     authenticator = Authenticator(Settings(auth_secret=SECRET, auth_leeway_seconds=10))
-    skewed = mint({**GRANT, "nbf": int(time.time()) + 5, "exp": int(time.time()) - 5})
+    expires = int(time.time()) - 5
+    skewed = mint({**GRANT, "nbf": int(time.time()) + 5, "exp": expires})
     assert authenticator.grants(skewed).allows(Action.SUBSCRIBE, "orders:1")
+    # The grant holds until its expiry plus the same leeway.
+    assert authenticator.authorize(skewed, Action.SUBSCRIBE, "orders:1") == expires + 10
 
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
@@ -276,7 +295,8 @@ async def test_a_session_ends_at_its_tokens_expiry_and_the_reconnect_is_refused(
     started = time.monotonic()
     sessions = await asyncio.gather(*(read_session(http, url) for url in urls))
     assert [(s.status, s.retry) for s in sessions] == [(200, 50), (200, 50)]
-    assert time.monotonic() - started < 10  # ended by the token, not the 30 s deadline
+    # Ended by the token (3 s), not by the 30 s deadline: nearer the one than the other.
+    assert time.monotonic() - started < (3 + 30) / 2
     for url in urls:
         refused = await read_session(http, url)
         assert refused.status == 401
@@ -294,3 +314,12 @@ async def test_a_multi_channel_subscription_needs_every_channel_granted(
         http, f"{server.url}/events?channel=orders:1&channel=orders:2&token={mint(GRANT)}"
     )
     assert allowed.status == 200
+
+
+def test_an_authenticator_never_runs_with_an_unfetched_secret() -> None:
+    settings = Settings(auth_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:s")
+    with pytest.raises(SettingsError) as caught:
+        Authenticator(settings)
+    assert caught.value.message == (
+        "the secret at SSE_GATEWAY_AUTH_SECRET_ARN was not fetched: use load_settings"
+    )

@@ -40,6 +40,26 @@ def test_every_channel_reads_back_its_own_position(positions: dict[str, Position
             assert decoded[channel] == Requested(_entry(position))
 
 
+def test_the_cursor_format_is_stable_across_versions() -> None:
+    # A cursor outlives the process that wrote it (a deploy, another Lambda
+    # instance): the tags, fingerprints and digits are a format, not a detail.
+    assert [composite.channel_tag(c) for c in ("orders:1", "user:7", "jobs")] == ["5J", "IL", "XZ"]
+    positions = {
+        "orders:1": Position("abcdef01", 5),
+        "user:7": Position("0123abcd", 2**20 + 3),
+        "jobs": EMPTY,
+    }
+    # An epoch known only by its fingerprint (an old one's) keeps it.
+    assert composite.epoch_fingerprint("~abc") == composite.epoch_fingerprint("abcdef01") == 0xABC
+    cursor = "XZ.5Jq8bILAS1000Z"
+    assert composite.encode(positions) == cursor
+    assert composite.decode(cursor, list(positions)) == {
+        "orders:1": Requested(Entry(0xABC, 5)),
+        "user:7": Requested(Entry(0x012, 2**20 + 3)),
+        "jobs": Requested(Entry(None, 0)),
+    }
+
+
 @given(st.lists(st.integers(min_value=0, max_value=2**20 - 1), min_size=16, max_size=16), EPOCH)
 def test_sixteen_channels_fit_in_128_bytes(seqs: list[int], epoch: str) -> None:
     positions = {f"channel:{i}": Position(epoch, seq) for i, seq in enumerate(seqs)}
@@ -108,10 +128,14 @@ HEAD = Position("abcdef01", 50)
             1,
             Start(HEAD, reset=ResetReason.AHEAD_OF_LOG, held=Position("abcdef01", 60)),
         ),
+        # the slot just below the epoch's first event is the epoch's own "before its
+        # first event", as a session at a new incarnation's start encodes it
+        (Entry(0xABC, 40), 41, Start(Position("abcdef01", 40))),
         # another epoch that the current one began after: read on from the position
         (Entry(0x123, 30), 41, Start(Position("~123", 30))),
         # a fingerprint that matches below where the epoch began is another epoch too
         (Entry(0xABC, 30), 41, Start(Position("~abc", 30))),
+        (Entry(0xABC, 39), 41, Start(Position("~abc", 39))),
         # another epoch at or above where the current one began: it started over
         (
             Entry(0x123, 45),

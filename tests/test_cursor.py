@@ -10,6 +10,7 @@ from gateway.cursor import (
     Step,
     new_epoch,
     parse_event_id,
+    resolve_position,
     resolve_start,
     step,
 )
@@ -89,6 +90,10 @@ def test_resolve_start_reads_on_below_a_newer_epoch_and_restarts_after_a_purge()
     # below 40 reads on from itself (step() says what was lost); one at or above
     # 40 belonged to a log that was purged and started over.
     assert resolve_start("99999999-3", HEAD, since=40) == Start(Position("99999999", 3))
+    # A log's first epoch begins at 1, unless said otherwise.
+    assert resolve_position(Position("99999999", 1), HEAD) == Start(
+        Position("0a1b2c3d", 0), reset=ResetReason.NEW_INCARNATION, held=Position("99999999", 1)
+    )
     assert resolve_start("99999999-40", HEAD, since=40) == Start(
         Position("0a1b2c3d", 39),
         reset=ResetReason.NEW_INCARNATION,
@@ -115,6 +120,13 @@ A, B = "aaaaaaaa", "bbbbbbbb"
             (B, 5, 1),
             {A},
             Step(ResetReason.NEW_INCARNATION, Position(B, 0), rewind=True),
+        ),
+        # ... as it did when the new epoch began at the cursor's own seq
+        (
+            Position(A, 4),
+            (B, 4, 4),
+            {A},
+            Step(ResetReason.NEW_INCARNATION, Position(B, 3), rewind=True),
         ),
         # ... but never twice into one epoch (a hand-mixed log): say so and go on
         (Position(B, 4), (A, 5, 1), {A, B}, Step(ResetReason.NEW_INCARNATION, Position(A, 4))),
@@ -150,3 +162,8 @@ def test_an_epoch_opened_above_another_takes_the_next_fingerprint(above: str) ->
     opened = new_epoch(above)
     assert parse_event_id(f"{opened}-1") == Position(opened, 1)
     assert int(opened[:3], 16) == (int(above[:3], 16) + 1) % 4096
+
+
+def test_the_fingerprint_after_the_last_one_wraps_to_the_first() -> None:
+    opened = new_epoch("fff01234")
+    assert opened[:3] == "000" and len(opened) == 8

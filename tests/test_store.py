@@ -190,6 +190,31 @@ async def test_a_cached_head_is_not_trusted_once_its_item_may_be_gone(
         }
 
 
+async def test_a_cached_head_is_not_trusted_within_a_write_window_of_its_expiry(
+    open_log: OpenLog, make_settings: Callable[..., Settings], fault_proxy: FaultProxy
+) -> None:
+    # Unexpired by this process's clock, but a write placed now may land after the
+    # expiry, when TTL may have deleted the item: the append reads the end first,
+    # rather than write after the cached end and lose to the condition on it.
+    window = make_settings().write_window_seconds
+    now = [1_000_000.0]
+    async with (
+        open_log(
+            clock=lambda: now[0], retention_seconds=600, dynamodb_endpoint_url=fault_proxy.url
+        ) as mine,
+        open_log(clock=lambda: now[0] + window, retention_seconds=600) as other,
+    ):
+        old = [(await _append(mine, "c", i))[0] for i in range(3)]  # mine caches A-3
+        now[0] += 600 - window / 2  # A-3 expires in half a write window
+        await delete_items(make_settings(), "c", [1, 2, 3])  # TTL, by the time it lands
+        (restarted,) = await _append(other, "c", "b")  # a new epoch B at 1
+        calls = len(fault_proxy.seen)
+        (appended,) = await _append(mine, "c", "a")
+        assert restarted.epoch != old[0].epoch
+        assert (appended.epoch, appended.seq) == (restarted.epoch, restarted.seq + 1)
+        assert fault_proxy.seen[calls:] == ["query", "transactwriteitems"]  # read, then write once
+
+
 async def test_after_ttl_deleted_the_newest_items_appends_open_a_new_epoch_above_them(
     open_log: OpenLog, make_settings: Callable[..., Settings]
 ) -> None:

@@ -25,27 +25,29 @@ from tests.eventstream import EventStreamParser
     ],
 )
 def test_encode_event_frames(kwargs: dict[str, str], expected: bytes) -> None:
-    data = kwargs.pop("data")
-    assert wire.encode_event(data, **kwargs) == expected
+    fields = dict(kwargs)  # the parameter is shared by every run of the case
+    data = fields.pop("data")
+    assert wire.encode_event(data, **fields) == expected
 
 
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\r\nb", "a\x00b", "\n"])
 @pytest.mark.parametrize("field", ["event", "id"])
 def test_encode_event_rejects_line_breaks_and_nul_in_fields(field: str, bad: str) -> None:
-    with pytest.raises(wire.FieldError, match=field):
+    with pytest.raises(wire.FieldError, match=rf"^{field} must not contain CR, LF or NUL$"):
         wire.encode_event("x", **{field: bad})
 
 
 def test_encode_id_retry_and_comment() -> None:
     assert wire.encode_id("ab12cd34-3") == b"id: ab12cd34-3\n\n"
     assert wire.encode_retry(1500) == b"retry: 1500\n\n"
+    assert wire.encode_retry(0) == b"retry: 0\n\n"  # reconnect at once is allowed
     assert wire.encode_comment() == b":\n\n"
     assert wire.encode_comment("hb") == b": hb\n\n"
-    with pytest.raises(wire.FieldError):
+    with pytest.raises(wire.FieldError, match=r"^retry must be a non-negative number of"):
         wire.encode_retry(-1)
-    with pytest.raises(wire.FieldError):
+    with pytest.raises(wire.FieldError, match=r"^comment must not contain CR, LF or NUL$"):
         wire.encode_comment("a\nb")
-    with pytest.raises(wire.FieldError):
+    with pytest.raises(wire.FieldError, match=r"^id must not contain CR, LF or NUL$"):
         wire.encode_id("a\rb")
 
 
