@@ -166,7 +166,7 @@ _SURROGATE = (
         (
             {"event": "reset", "data": {}},
             "invalid_event",
-            "event.event: 'reset' is reserved by the gateway",
+            "event.event: 'reset' is reserved (reserved: error, open, reset)",
         ),
         (
             {"data": float("nan")},
