@@ -298,7 +298,8 @@ class Appender:
         it meets a concurrent transaction (``WriteConflict``, which wrote nothing and
         which botocore does not retry), with jittered backoff, until the budget is
         spent or no member still waits."""
-        for attempt in range(_CONFLICT_RETRIES + 1):
+        attempt = 0
+        while True:
             self._stats.writes += 1
             try:
                 if not records and placement.follows is None:
@@ -312,4 +313,4 @@ class Appender:
                     raise
             backoff = min(_CONFLICT_BACKOFF_CAP_SECONDS, _CONFLICT_BACKOFF_SECONDS * 2**attempt)
             await asyncio.sleep(random.uniform(0, backoff))
-        raise AssertionError("unreachable")
+            attempt += 1

@@ -66,7 +66,7 @@ async def _multiple(
     timing: SessionTiming,
     metrics: Metrics,
 ) -> Body:
-    hub.admit(channels)  # before any store call (see session.open_channel)
+    hub.admit(channels)  # before any store call: a refusal costs nothing
     requested = composite.decode(last_event_id, channels)
     opened: list[Opened] = []  # every channel subscribed so far, whenever the client leaves
 

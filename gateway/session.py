@@ -153,8 +153,7 @@ async def open_channel(
 ) -> Opened:
     """Where a session on ``channel`` starts (``choose`` decides from the log's
     head), what it delivers first, and the channel's feed, subscribed (the
-    session must ``hub.leave`` it)."""
-    hub.admit([channel])  # before any store call: a refusal costs nothing
+    session must ``hub.leave`` it). The session has been admitted (``hub.admit``)."""
     feed = hub.joinable(channel) if fresh else None
     if feed is not None:
         # The running feed knows the newest position it has seen, as recent as a
@@ -262,6 +261,7 @@ async def _single(
     timing: SessionTiming,
     metrics: Metrics,
 ) -> Body:
+    hub.admit([channel])  # before any store call: a refusal costs nothing
     opened = await open_channel(
         channel,
         lambda head, since: resolve_start(last_event_id, head, since),
