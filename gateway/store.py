@@ -38,6 +38,7 @@ from gateway.items import (
     decode_batch,
 )
 from gateway.metrics import Metrics, StoreStats
+from gateway.query import LeanQuery
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class EventLog:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
-        self._client = client
+        self._query_path = LeanQuery(client)  # every read: see gateway/query.py
         self._table = table_name
         self._clock = clock
         self.stats = StoreStats()
@@ -185,13 +186,15 @@ class EventLog:
             values[":s"] = {"N": str(seq)}
         self.stats.queries += 1
         with store_errors(self._table, self._metrics, "query"):
-            response = await self._client.query(
-                TableName=self._table,
-                KeyConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ConsistentRead=True,
-                ScanIndexForward=not newest_first,
-                Limit=limit,
+            response = await self._query_path.query(
+                {
+                    "TableName": self._table,
+                    "KeyConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                    "ConsistentRead": True,
+                    "ScanIndexForward": not newest_first,
+                    "Limit": limit,
+                }
             )
         return list(response.get("Items", [])), "LastEvaluatedKey" in response
