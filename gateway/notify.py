@@ -61,9 +61,9 @@ MAX_NOTIFICATION_BYTES = 64 * 1024
 SEND_TIMEOUT_SECONDS = 1.0  # the longest a publish waits for its notification to leave
 _SEND_PAUSE_SECONDS = 1.0  # after a failed send, publishes skip the notifier this long
 _READ_SLICE_SECONDS = 0.1  # how soon the listener subscribes a feed that started
-# Of silence on the subscribing connection: as long as the safety poll, since a
-# link that died without a FIN costs no more than a lost notification (and each
-# PING is a billed command on some services).
+# Of silence on the subscribing connection: within the safety poll, so a link
+# that died without a FIN costs no more than a lost notification (and no
+# shorter: each PING is a billed command on some services).
 _PING_AFTER_SECONDS = 30.0
 _PONG_WITHIN_SECONDS = 5.0  # else the connection is dead (a peer gone without a FIN)
 _CONNECT_TIMEOUT_SECONDS = 5.0

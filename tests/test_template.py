@@ -165,20 +165,26 @@ def test_template_lets_each_function_read_its_secret_and_no_other(
         return [s for s in statements if s["Resource"] != {"GetAtt": "EventsTable.Arn"}]
 
     assert other_grants() == []
-    for service, arn in SECRET_ARNS.items():
-        grant = {"Effect": "Allow", "Action": READ_ACTIONS[service], "Resource": arn}
-        assert other_grants(AuthSecretArn=arn) == [grant]
-        # The value the function reads the secret from, as Settings accepts it.
-        variables = template["Globals"]["Function"]["Environment"]["Variables"]
-        passed = _evaluate(
-            variables[f"{ENV_PREFIX}AUTH_SECRET_ARN"],
-            _parameters(template, AuthSecretArn=arn),
-            template,
-        )
-        assert Settings(auth_secret_arn=passed).auth_enabled
-    pattern = template["Parameters"]["AuthSecretArn"]["AllowedPattern"]
-    assert all(re.fullmatch(pattern, arn) for arn in [*SECRET_ARNS.values(), ""])
-    assert not re.fullmatch(pattern, "arn:aws:s3:::bucket/secret")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for parameter, setting in [
+        ("AuthSecretArn", "auth_secret_arn"),
+        ("NotifyUrlArn", "notify_url_arn"),
+    ]:
+        for service, arn in SECRET_ARNS.items():
+            grant = {"Effect": "Allow", "Action": READ_ACTIONS[service], "Resource": arn}
+            assert other_grants(**{parameter: arn}) == [grant]
+            # The value the function reads the secret from, as Settings accepts it.
+            passed = _evaluate(
+                variables[f"{ENV_PREFIX}{setting.upper()}"],
+                _parameters(template, **{parameter: arn}),
+                template,
+            )
+            assert getattr(Settings(**{setting: passed}), setting) == arn
+        pattern = template["Parameters"][parameter]["AllowedPattern"]
+        assert all(re.fullmatch(pattern, arn) for arn in [*SECRET_ARNS.values(), ""])
+        assert not re.fullmatch(pattern, "arn:aws:s3:::bucket/secret")
+    both = {"AuthSecretArn": SECRET_ARNS["ssm"], "NotifyUrlArn": SECRET_ARNS["secretsmanager"]}
+    assert len(other_grants(**both)) == 2
 
 
 def test_template_session_deadline_follows_the_timeout(template: dict[str, Any]) -> None:
@@ -346,6 +352,16 @@ def test_template_as_it_is_refuses_to_deploy_without_auth(template: dict[str, An
     assert _refused(template, AuthSecretArn=SECRET_ARNS["secretsmanager"]) == []
     assert _refused(template, AllowAnonymousSubscribe="true") == []
     assert template["Parameters"]["AuthSecret"]["NoEcho"] is True
+
+
+def test_template_takes_the_notify_url_or_its_arn_not_both(template: dict[str, Any]) -> None:
+    auth = {"AuthSecret": SECRET}
+    arn = {"NotifyUrlArn": SECRET_ARNS["secretsmanager"]}
+    assert _refused(template, **auth, **arn) == []
+    assert _refused(template, **auth, NotifyUrl="rediss://:t@cache:6379") == []
+    (refusal,) = _refused(template, **auth, **arn, NotifyUrl="rediss://:t@cache:6379")
+    assert "not both" in refusal
+    assert template["Parameters"]["NotifyUrl"]["NoEcho"] is True
 
 
 def test_template_says_in_its_outputs_who_may_subscribe(template: dict[str, Any]) -> None:
