@@ -7,7 +7,7 @@ of its own (the code under test on ``PYTHONPATH``):
   ``--small`` queries subtracted from one of ``--large`` (start-up cancels),
   repeatable on a loaded machine, the figure the comparison rests on;
 - CPU per query from the kernel's count for the process (user and system),
-  which a shared machine inflates;
+  which a shared machine inflates: the versions alternate, ``--rounds`` each;
 - where the user time goes: cProfile's own time per function, summed by the
   library the function belongs to (sockets and ``epoll`` apart: waiting).
 
@@ -116,7 +116,8 @@ async def main() -> None:
     parser.add_argument("--baseline", metavar="REF")
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=500)
-    parser.add_argument("--timed", type=int, default=3000, help="queries of the rusage run")
+    parser.add_argument("--timed", type=int, default=3000, help="queries of each rusage run")
+    parser.add_argument("--rounds", type=int, default=3, help="rusage runs of each version")
     parser.add_argument("--child", nargs=4, metavar=("URL", "CHANNEL", "COUNT", "PROFILE"))
     args = parser.parse_args()
     if args.child:
@@ -149,18 +150,25 @@ async def main() -> None:
                 out = Path(tmp) / f"callgrind.{len(counts)}"
                 await asyncio.to_thread(_child, source, moto.url, channel, str(n), "", valgrind=out)
                 counts.append(_instructions(out))
-            timed = await asyncio.to_thread(_child, source, moto.url, channel, str(args.timed), "")
             stats = Path(tmp) / "profile"
             await asyncio.to_thread(_child, source, moto.url, channel, str(args.timed), str(stats))
+            per_query = (counts[1] - counts[0]) / (args.large - args.small)
             results[label] = {
-                "instructions_per_query": round(
-                    (counts[1] - counts[0]) / (args.large - args.small)
-                ),
+                "instructions_per_query": round(per_query),
                 "callgrind_totals": counts,
-                "cpu_per_query": timed,
                 "profile_us_per_query": by_library(stats, args.timed),
             }
             print(label, json.dumps(results[label]), flush=True)
+        # The kernel's count, the versions alternating so that both see the same load.
+        rounds: dict[str, list[dict[str, float]]] = {label: [] for label, _ in code}
+        for _ in range(args.rounds):
+            for label, source in code:
+                timed = await asyncio.to_thread(
+                    _child, source, moto.url, channel, str(args.timed), ""
+                )
+                rounds[label].append(timed)
+                print(label, json.dumps(timed), flush=True)
+        results["cpu_per_query_rounds"] = rounds
     results["load_after"] = os.getloadavg()
     print(write_result("tail_query", results))
 
