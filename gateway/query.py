@@ -17,8 +17,9 @@ What stays botocore's and aiobotocore's own:
   failure to botocore's exceptions: the request goes out through the client's
   own ``AIOHTTPSession``;
 - the credentials, refreshed as the client's are (the client's own object);
-- retries: botocore's standard-mode policy (the conditions, the exponential
-  backoff with jitter, the retry quota), with the client's attempt budget;
+- retries: aiobotocore's standard-mode policy (botocore's conditions, DynamoDB's
+  CRC32 check of a 200 included, the exponential backoff with jitter, a retry
+  quota), with the client's attempt budget;
 - errors: an answer other than 200 is parsed by botocore's JSON parser and
   raised as the client's own ``ClientError`` subclass, so ``store_errors``
   translates it as before.
@@ -30,8 +31,9 @@ body is the JSON document botocore would return parsed: the log's items hold
 no binary attribute, the only kind botocore's parser would decode.
 
 aiobotocore exposes neither its connection pool nor its credentials; they are
-read from the client's ``_endpoint`` and ``_request_signer``, pinned by the
-versions in pyproject.toml and exercised by every test that reads the log.
+read, once, from the client's ``_endpoint`` and ``_request_signer`` (nothing is
+patched), and every test that reads the log goes through them, so a release
+that moved them fails the suite at once.
 """
 
 from __future__ import annotations
