@@ -236,6 +236,13 @@ class Notifier:
         finally:
             self._sender = None
 
+    async def ping(self) -> None:
+        """A ``PING`` on the publishing connection (for readiness); raises when the
+        Redis does not answer."""
+        if self._publisher is None:
+            self._publisher = self._client(retries=1, health_check_interval=30)
+        await self._publisher.ping()
+
     # The subscriber's side.
 
     def follow(self, feed: Follower) -> None:

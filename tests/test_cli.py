@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
+from gateway.dynamodb import open_dynamodb
+from gateway.settings import Settings
+from infra.local import local_session
+from infra.table import ensure_table
 from tests.eventstream import EventStreamParser
 from tests.servers import free_port, sse_gateway_command
 
@@ -73,6 +78,12 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert "serving on the uvloop event loop with the httptools HTTP parser" in output
 
 
+async def _create_table(settings: Settings) -> Settings:
+    async with open_dynamodb(settings, local_session()) as client:
+        await ensure_table(client, settings.table_name)
+    return settings
+
+
 @pytest.mark.parametrize(
     ("flags", "stack", "logged"),
     [
@@ -81,12 +92,17 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     ],
 )
 def test_serve_runs_on_the_stack_asked_and_logs_requests_unless_told_not_to(
-    dynamodb_endpoint: str, flags: list[str], stack: str, logged: bool
+    make_settings: Callable[..., Settings],
+    flags: list[str],
+    stack: str,
+    logged: bool,
 ) -> None:
     port = free_port()
+    table = asyncio.run(_create_table(make_settings()))  # serve starts only on a table it can read
     env = {
         **os.environ,
-        "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": str(table.dynamodb_endpoint_url),
+        "SSE_GATEWAY_TABLE_NAME": table.table_name,
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
