@@ -23,7 +23,7 @@ and each feed reads the log once when its subscription is confirmed.
 - Plain ``PUBLISH``/``SUBSCRIBE`` through a non-cluster client, which every
   target takes: standalone Redis and Valkey, a cluster (it forwards every
   ``PUBLISH`` to every node, so a connection to any node hears it), ElastiCache
-  Serverless, MemoryDB and Upstash (README: "Push, not poll").
+  Serverless, MemoryDB and Upstash (docs/notify.md).
 - A publish never fails because of the notifier: a failed or slow send (at most
   ``SEND_TIMEOUT_SECONDS``) is counted and logged, never with the URL's
   credentials, and publishes skip the notifier for a moment after one.

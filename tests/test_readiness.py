@@ -3,7 +3,6 @@ and configuration errors at start, as processes with a controlled environment.""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -14,34 +13,17 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.settings import ENV_PREFIX
 from tests.servers import (
     FaultProxy,
     GatewayServer,
     RedisServer,
+    bare_environment,
     dynamodb_error,
     free_port,
     sse_gateway_command,
 )
 
 StartGateway = Callable[..., GatewayServer]
-
-
-def bare_environment(**variables: str) -> dict[str, str]:
-    """The test's environment without anything AWS or SSE_GATEWAY_, nor a config file
-    or instance metadata botocore could find credentials or a region in."""
-    kept = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AWS_", ENV_PREFIX))
-    }
-    return {
-        **kept,
-        "AWS_CONFIG_FILE": "/nonexistent",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        **variables,
-    }
 
 
 LOCAL_CREDENTIALS = {

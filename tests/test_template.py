@@ -25,6 +25,7 @@ from tests.iam import OpenLog, iam_actions, record_publish_function, record_subs
 from tests.servers import FaultProxy
 
 ROOT = Path(__file__).parent.parent
+DEPLOY_PAGE = ROOT / "docs" / "deploy-aws.md"
 FUNCTIONS = ("SubscribeFunction", "ManagedSubscribeFunction", "PublishFunction")
 
 
@@ -567,9 +568,7 @@ def test_template_caps_each_standard_function_by_reserved_concurrency(
     spec = template["Parameters"][parameter]
     default = int(spec["Default"])
     assert default > 0
-    assert f"`{parameter}` (default {default})" in " ".join(
-        (ROOT / "README.md").read_text().split()
-    )
+    assert f"`{parameter}` (default {default})" in " ".join(DEPLOY_PAGE.read_text().split())
     expression = _function(template, name)["ReservedConcurrentExecutions"]
     assert _evaluate(expression, _parameters(template), template) == str(default)
     unset = _evaluate(expression, _parameters(template, **{parameter: ""}), template)
@@ -605,11 +604,12 @@ def test_template_asks_for_the_allowed_origins_and_warns_of_a_wildcard(
     assert "WARNING" in warning["Value"] and "AllowedOrigins" in warning["Value"]
 
 
-def test_the_readmes_deploy_names_the_templates_parameters_and_outputs(
+def test_the_deploy_guide_names_the_templates_parameters_and_outputs(
     template: dict[str, Any],
 ) -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## On AWS Lambda") : readme.index("### What it costs")]
+    tour = readme[readme.index("### Deploy to AWS") : readme.index("## Documentation")]
+    section = DEPLOY_PAGE.read_text() + tour
     overrides = set(re.findall(r"\b([A-Z][a-z][A-Za-z]+)=", section))
     assert {"AuthSecretArn", "AllowedOrigins", "DeploymentMode"} <= overrides
     assert overrides <= set(template["Parameters"]), overrides - set(template["Parameters"])
