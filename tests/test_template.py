@@ -447,6 +447,24 @@ def test_template_functions_are_built_for_their_own_python(
     assert f"--python-version {runtime.removeprefix('python')} " in plan
 
 
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_a_plain_sam_build_copies_no_environment_into_a_function(
+    template: dict[str, Any], name: str
+) -> None:
+    """Without --build-in-source, sam build copies a makefile function's CodeUri to a
+    scratch directory first, with no ignore file (.ci/run checks the copy in a real
+    build). So CodeUri holds no code and no environment: make runs the project's
+    Makefile in the project root, which builds from pyproject.toml and the packages."""
+    code_uri = ROOT / template["Globals"]["Function"]["CodeUri"]
+    assert code_uri.is_dir() and code_uri != ROOT
+    copied = [path.relative_to(code_uri) for path in code_uri.rglob("*")]
+    assert copied == [Path("README.md")], copied
+    metadata = template["Resources"][name]["Metadata"]
+    assert (ROOT / metadata["ContextPath"] / "Makefile").is_file()
+    assert (ROOT / metadata["WorkingDirectory"]).resolve() == ROOT.resolve()
+    assert "CodeUri" not in template["Resources"][name]["Properties"]
+
+
 def _short_form(node: Any) -> Any:
     """A translated template's intrinsics as this file's loader reads them (If, not Fn::If)."""
     if isinstance(node, list):
