@@ -220,11 +220,7 @@ class Notifier:
                 batch, self._outbox = self._outbox, []
                 error: BaseException | None = None
                 try:
-                    if self._publisher is None:
-                        # One retry on a fresh connection: one that died while idle
-                        # (as a frozen Lambda environment's does) fails once.
-                        self._publisher = self._client(retries=1, health_check_interval=30)
-                    async with self._publisher.pipeline(transaction=False) as pipe:
+                    async with self._publishing().pipeline(transaction=False) as pipe:
                         for name, body, _ in batch:
                             pipe.publish(name, body)
                         await pipe.execute()
@@ -239,9 +235,14 @@ class Notifier:
     async def ping(self) -> None:
         """A ``PING`` on the publishing connection (for readiness); raises when the
         Redis does not answer."""
+        await self._publishing().ping()
+
+    def _publishing(self) -> Redis:
         if self._publisher is None:
+            # One retry on a fresh connection: one that died while idle (as a
+            # frozen Lambda environment's does) fails once.
             self._publisher = self._client(retries=1, health_check_interval=30)
-        await self._publisher.ping()
+        return self._publisher
 
     # The subscriber's side.
 
