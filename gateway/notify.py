@@ -21,7 +21,7 @@ and each feed reads the log once when its subscription is confirmed.
 - Plain ``PUBLISH``/``SUBSCRIBE`` through a non-cluster client, which every
   target takes: standalone Redis and Valkey, a cluster (it forwards every
   ``PUBLISH`` to every node, so a connection to any node hears it), ElastiCache
-  Serverless, MemoryDB and Upstash (README: "Push, not poll").
+  Serverless, MemoryDB and Upstash (docs/notify.md).
 - A publish never fails because of the notifier: a failed or slow send (at most
   ``SEND_TIMEOUT_SECONDS``) is counted and logged, never with the URL's
   credentials, and publishes skip the notifier for a moment after one.
@@ -153,11 +153,7 @@ class Notifier:
                 batch, self._outbox = self._outbox, []
                 error: BaseException | None = None
                 try:
-                    if self._publisher is None:
-                        # One retry on a fresh connection: one that died while idle
-                        # (as a frozen Lambda environment's does) fails once.
-                        self._publisher = self._client(retries=1, health_check_interval=30)
-                    async with self._publisher.pipeline(transaction=False) as pipe:
+                    async with self._publishing().pipeline(transaction=False) as pipe:
                         for name, body, _ in batch:
                             pipe.publish(name, body)
                         await pipe.execute()
@@ -168,6 +164,18 @@ class Notifier:
                         sent.set_result(error)
         finally:
             self._sender = None
+
+    async def ping(self) -> None:
+        """A ``PING`` on the publishing connection (for readiness); raises when the
+        Redis does not answer."""
+        await self._publishing().ping()
+
+    def _publishing(self) -> Redis:
+        if self._publisher is None:
+            # One retry on a fresh connection: one that died while idle (as a
+            # frozen Lambda environment's does) fails once.
+            self._publisher = self._client(retries=1, health_check_interval=30)
+        return self._publisher
 
     # The subscriber's side.
 

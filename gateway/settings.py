@@ -86,7 +86,7 @@ class _StrictEnvSource(EnvSettingsSource):
 
 class Settings(BaseSettings):
     """Every knob of the gateway. Each field is the variable ``SSE_GATEWAY_<NAME>``
-    (or, for what Lambda sets, its own name); README.md's settings table lists them
+    (or, for what Lambda sets, its own name); docs/settings.md lists them
     with their defaults, and a test keeps the two equal."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)

@@ -20,7 +20,7 @@ from infra.local import local_session
 from tests.iam import iam_actions, record_publisher
 from tests.servers import FaultProxy
 
-README = Path(__file__).parent.parent / "README.md"
+DEPLOY_PAGE = Path(__file__).parent.parent / "docs" / "deploy-aws.md"
 
 
 async def test_open_publisher_appends_through_the_python_api(
@@ -89,7 +89,7 @@ async def test_publish_with_an_idempotency_key_returns_the_original_ids(
     assert [e.event_id for e in page.events] == [first, *batch]
 
 
-async def test_the_readme_policy_for_open_publisher_grants_exactly_what_it_does(
+async def test_the_documented_policy_for_open_publisher_grants_exactly_what_it_does(
     make_settings: Callable[..., Settings],
     open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
     fault_proxy: FaultProxy,
@@ -98,7 +98,7 @@ async def test_the_readme_policy_for_open_publisher_grants_exactly_what_it_does(
     settings = make_settings()
     used = iam_actions(await record_publisher(fault_proxy, settings, open_log), settings.table_name)
     block = re.search(
-        r"<!-- open_publisher IAM policy -->\n```json\n(.*?)```", README.read_text(), re.S
+        r"<!-- open_publisher IAM policy -->\n```json\n(.*?)```", DEPLOY_PAGE.read_text(), re.S
     )
     assert block is not None
     (statement,) = json.loads(block[1])["Statement"]

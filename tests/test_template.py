@@ -25,6 +25,7 @@ from tests.iam import OpenLog, iam_actions, record_publish_function, record_subs
 from tests.servers import FaultProxy
 
 ROOT = Path(__file__).parent.parent
+DEPLOY_PAGE = ROOT / "docs" / "deploy-aws.md"
 FUNCTIONS = ("SubscribeFunction", "ManagedSubscribeFunction", "PublishFunction")
 
 
@@ -462,6 +463,24 @@ def test_template_functions_are_built_for_their_own_python(
     assert f"--python-version {runtime.removeprefix('python')} " in plan
 
 
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_a_plain_sam_build_copies_no_environment_into_a_function(
+    template: dict[str, Any], name: str
+) -> None:
+    """Without --build-in-source, sam build copies a makefile function's CodeUri to a
+    scratch directory first, with no ignore file (.ci/run checks the copy in a real
+    build). So CodeUri holds no code and no environment: make runs the project's
+    Makefile in the project root, which builds from pyproject.toml and the packages."""
+    code_uri = ROOT / template["Globals"]["Function"]["CodeUri"]
+    assert code_uri.is_dir() and code_uri != ROOT
+    copied = [path.relative_to(code_uri) for path in code_uri.rglob("*")]
+    assert copied == [Path("README.md")], copied
+    metadata = template["Resources"][name]["Metadata"]
+    assert (ROOT / metadata["ContextPath"] / "Makefile").is_file()
+    assert (ROOT / metadata["WorkingDirectory"]).resolve() == ROOT.resolve()
+    assert "CodeUri" not in template["Resources"][name]["Properties"]
+
+
 def _short_form(node: Any) -> Any:
     """A translated template's intrinsics as this file's loader reads them (If, not Fn::If)."""
     if isinstance(node, list):
@@ -583,9 +602,7 @@ def test_template_caps_each_standard_function_by_reserved_concurrency(
     spec = template["Parameters"][parameter]
     default = int(spec["Default"])
     assert default > 0
-    assert f"`{parameter}` (default {default})" in " ".join(
-        (ROOT / "README.md").read_text().split()
-    )
+    assert f"`{parameter}` (default {default})" in " ".join(DEPLOY_PAGE.read_text().split())
     expression = _function(template, name)["ReservedConcurrentExecutions"]
     assert _evaluate(expression, _parameters(template), template) == str(default)
     unset = _evaluate(expression, _parameters(template, **{parameter: ""}), template)
@@ -621,11 +638,12 @@ def test_template_asks_for_the_allowed_origins_and_warns_of_a_wildcard(
     assert "WARNING" in warning["Value"] and "AllowedOrigins" in warning["Value"]
 
 
-def test_the_readmes_deploy_names_the_templates_parameters_and_outputs(
+def test_the_deploy_guide_names_the_templates_parameters_and_outputs(
     template: dict[str, Any],
 ) -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## On AWS Lambda") : readme.index("### What it costs")]
+    tour = readme[readme.index("### Deploy to AWS") : readme.index("## Documentation")]
+    section = DEPLOY_PAGE.read_text() + tour
     overrides = set(re.findall(r"\b([A-Z][a-z][A-Za-z]+)=", section))
     assert {"AuthSecretArn", "AllowedOrigins", "DeploymentMode"} <= overrides
     assert overrides <= set(template["Parameters"]), overrides - set(template["Parameters"])
