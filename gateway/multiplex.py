@@ -28,12 +28,11 @@ from gateway import composite, wire
 from gateway.cursor import Position, ResetReason, Start
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics
+from gateway.reader import Delivery, Reset
 from gateway.session import (
     Body,
-    Delivery,
     Framing,
     Opened,
-    Reset,
     SessionTiming,
     open_channel,
     report,
