@@ -35,6 +35,7 @@ from gateway.errors import (
     StoreUnavailable,
     UnsupportedMediaType,
 )
+from gateway.history import parse_before, parse_limit
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
@@ -210,7 +211,13 @@ def create_app(
             lambda outlet: LeasedStream(
                 lease,
                 event_stream(
-                    channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
+                    channel,
+                    after,
+                    outlet,
+                    store=store,
+                    hub=hub,
+                    timing=timing,
+                    metrics=metrics,
                 ),
             )
         )
@@ -227,10 +234,28 @@ def create_app(
             lambda _: LeasedStream(
                 lease,
                 multi_event_stream(
-                    channels, after, store=store, hub=hub, timing=timing, metrics=metrics
+                    channels,
+                    after,
+                    store=store,
+                    hub=hub,
+                    timing=timing,
+                    metrics=metrics,
                 ),
             )
         )
+
+    async def history(request: Request) -> Response:
+        channel = check_channel(request.path_params["channel"])
+        limit = parse_limit(request.query_params.get("limit"))
+        before = parse_before(request.query_params.get("before"))
+        authorize(request, Action.SUBSCRIBE, channel)
+        deadline = host_deadline(request)
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                found = await store.history(channel, before, limit)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"history of {channel!r}: DynamoDB did not answer") from exc
+        return Response(found.body(), media_type="application/json")
 
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
@@ -300,6 +325,7 @@ def create_app(
     if subscribe:
         routes.append(Route("/channels/{channel}/events", stream_events, methods=["GET"]))
         routes.append(Route("/events", stream_channels, methods=["GET"]))
+        routes.append(Route("/channels/{channel}/history", history, methods=["GET"]))
         routes.append(Route("/sse-gateway.js", browser_client, methods=["GET"]))
     if publish:
         routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))
