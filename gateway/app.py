@@ -35,7 +35,7 @@ from gateway.errors import (
     StoreUnavailable,
     UnsupportedMediaType,
 )
-from gateway.history import parse_before, parse_limit
+from gateway.history import parse_before, parse_limit, parse_rewind
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
@@ -203,6 +203,7 @@ def create_app(
 
     async def stream_events(request: Request) -> EventStreamResponse:
         channel = check_channel(request.path_params["channel"])
+        rewind = parse_rewind(request.query_params.get("rewind"))
         granted = authorize(request, Action.SUBSCRIBE, channel)
         lease = admit(request, granted, [channel])
         timing = session_timing(request, granted)
@@ -214,6 +215,7 @@ def create_app(
                     channel,
                     after,
                     outlet,
+                    rewind=rewind,
                     store=store,
                     hub=hub,
                     timing=timing,
@@ -226,6 +228,7 @@ def create_app(
         channels = check_channels(
             request.query_params.getlist("channel"), settings.max_channels_per_connection
         )
+        rewind = parse_rewind(request.query_params.get("rewind"))
         granted = authorize(request, Action.SUBSCRIBE, *channels)
         lease = admit(request, granted, channels)
         timing = session_timing(request, granted)
@@ -236,6 +239,7 @@ def create_app(
                 multi_event_stream(
                     channels,
                     after,
+                    rewind=rewind,
                     store=store,
                     hub=hub,
                     timing=timing,

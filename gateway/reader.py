@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from gateway import wire
 from gateway.composite import UNKNOWN_EPOCH
-from gateway.cursor import Position, ResetReason, step
+from gateway.cursor import Position, ResetReason, rewound_cursor, step
 from gateway.items import StoredEvent
 
 if TYPE_CHECKING:
@@ -58,18 +58,29 @@ class Reader:
     """A session's walk through one channel's log: what it has delivered
     (``cursor``), how far it has read (``scanned_to``), and what comes next."""
 
-    __slots__ = ("_visited", "aligned", "cursor", "scanned_to")
+    __slots__ = ("_visited", "aligned", "cursor", "rewound_from", "scanned_to")
 
-    def __init__(self, cursor: Position, scanned_to: int, aligned: bool) -> None:
+    def __init__(
+        self,
+        cursor: Position,
+        scanned_to: int,
+        aligned: bool,
+        rewound_from: Position | None = None,
+    ) -> None:
         self.cursor = cursor
         self.scanned_to = scanned_to
         self.aligned = aligned  # scanned_to ends an item (see EventLog.read_after)
+        # Until the first event: the head a rewind counted back from (cursor.rewound_cursor).
+        self.rewound_from = rewound_from
         # Epochs met, rarely more than one: a tuple is a fifth of a set's size.
         self._visited: tuple[str, ...] = (cursor.epoch,) if cursor.epoch is not None else ()
 
     def deliveries(self, events: list[StoredEvent], feed: ChannelFeed | None) -> list[Delivery]:
         out: list[Delivery] = []
         for event in events:
+            if self.rewound_from is not None:
+                self.cursor = rewound_cursor(self.cursor, self.rewound_from, event.epoch, event.seq)
+                self.rewound_from = None
             cursor = self.cursor
             if event.epoch != cursor.epoch or event.seq != cursor.seq + 1:
                 observed = feed.observed_after(event.epoch) if feed is not None else None

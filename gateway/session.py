@@ -100,10 +100,10 @@ async def open_channel(
     cursor = start.cursor
     if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
         # The newest item holds all there is after the cursor: no read needed.
-        reader = Reader(cursor, head.seq, aligned=True)
+        reader = Reader(cursor, head.seq, aligned=True, rewound_from=start.rewound_from)
         deliveries += reader.deliveries(store.live_events(newest, cursor.seq), None)
     else:
-        reader = Reader(cursor, cursor.seq, aligned=False)
+        reader = Reader(cursor, cursor.seq, aligned=False, rewound_from=start.rewound_from)
     feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
 
@@ -168,20 +168,23 @@ def event_stream(
     last_event_id: str | None,
     outlet: Outlet | None = None,
     *,
+    rewind: int = 0,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
     metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     """The session of the single-channel endpoint: frames as published, ids of the
-    channel's own log."""
-    body = _single(channel, last_event_id, outlet, store, hub, timing, metrics)
+    channel's own log; without a ``last_event_id``, it starts ``rewind`` events
+    before the head."""
+    body = _single(channel, last_event_id, rewind, outlet, store, hub, timing, metrics)
     return run_session(body, [channel], timing, metrics)
 
 
 async def _single(
     channel: str,
     last_event_id: str | None,
+    rewind: int,
     outlet: Outlet | None,
     store: EventLog,
     hub: ChannelHub,
@@ -191,16 +194,16 @@ async def _single(
     hub.admit([channel])  # before any store call: a refusal costs nothing
     opened = await open_channel(
         channel,
-        lambda head, since: resolve_start(last_event_id, head, since),
+        lambda head, since: resolve_start(last_event_id, head, since, rewind),
         last_event_id,
-        last_event_id is None,
+        last_event_id is None and rewind == 0,  # only a start at the head can join a feed
         store,
         hub,
         timing,
     )
     try:
         if opened.fresh:
-            yield wire.encode_id(opened.reader.cursor.event_id)
+            yield wire.encode_id(opened.held.event_id)  # before what it delivers first
         if opened.deliveries:
             report(metrics, opened.deliveries)
             yield _plain(opened, opened.deliveries)
