@@ -45,6 +45,15 @@ def _count(name: str, text: str, low: int, high: int) -> int:
     return value
 
 
+def check_limit(limit: int) -> int:
+    """A page's limit from Python code: the HTTP parameter's rule."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidInput(
+            f"limit must be an int, not {type(limit).__name__}", code="invalid_limit"
+        )
+    return _count("limit", str(limit), 1, MAX_LIMIT)
+
+
 def parse_limit(text: str | None) -> int:
     """How many events a page holds at most (``?limit=``, 1-1000, default 100)."""
     return DEFAULT_LIMIT if text is None else _count("limit", text, 1, MAX_LIMIT)
