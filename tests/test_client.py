@@ -79,6 +79,9 @@ async def test_client_delivers_every_event_once_across_channels_sessions_and_tok
     )
     await page.wait_for_function("window.seen.message.length >= 120", timeout=30_000)
     await asyncio.sleep(2)  # another session and another token: a late duplicate shows by now
+    # Open again: every refusal so far has had its new token (a 401 is reported before
+    # the backoff that precedes the token call, which a loaded machine stretches).
+    await page.wait_for_function("window.stream.state === 'open'", timeout=15_000)
     log = await seen(page)
 
     assert _by_channel(log["message"]) == dict(zip(channels, batches, strict=True))
