@@ -34,6 +34,7 @@ from gateway.errors import (
     StoreUnavailable,
     UnsupportedMediaType,
 )
+from gateway.history import parse_before, parse_limit, parse_rewind
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
@@ -173,6 +174,7 @@ def create_app(
 
     async def stream_events(request: Request) -> EventStreamResponse:
         channel = check_channel(request.path_params["channel"])
+        rewind = parse_rewind(request.query_params.get("rewind"))
         granted = authorize(request, Action.SUBSCRIBE, channel)
         lease = admit(request, granted, [channel])
         timing = session_timing(request, granted)
@@ -181,7 +183,14 @@ def create_app(
             lambda outlet: LeasedStream(
                 lease,
                 event_stream(
-                    channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
+                    channel,
+                    after,
+                    outlet,
+                    rewind=rewind,
+                    store=store,
+                    hub=hub,
+                    timing=timing,
+                    metrics=metrics,
                 ),
             )
         )
@@ -190,6 +199,7 @@ def create_app(
         channels = check_channels(
             request.query_params.getlist("channel"), settings.max_channels_per_connection
         )
+        rewind = parse_rewind(request.query_params.get("rewind"))
         granted = authorize(request, Action.SUBSCRIBE, *channels)
         lease = admit(request, granted, channels)
         timing = session_timing(request, granted)
@@ -198,10 +208,29 @@ def create_app(
             lambda _: LeasedStream(
                 lease,
                 multi_event_stream(
-                    channels, after, store=store, hub=hub, timing=timing, metrics=metrics
+                    channels,
+                    after,
+                    rewind=rewind,
+                    store=store,
+                    hub=hub,
+                    timing=timing,
+                    metrics=metrics,
                 ),
             )
         )
+
+    async def history(request: Request) -> Response:
+        channel = check_channel(request.path_params["channel"])
+        limit = parse_limit(request.query_params.get("limit"))
+        before = parse_before(request.query_params.get("before"))
+        authorize(request, Action.SUBSCRIBE, channel)
+        deadline = host_deadline(request)
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                found = await store.history(channel, before, limit)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"history of {channel!r}: DynamoDB did not answer") from exc
+        return Response(found.body(), media_type="application/json")
 
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
@@ -289,6 +318,7 @@ def create_app(
     if subscribe:
         routes.append(Route("/channels/{channel}/events", stream_events, methods=["GET"]))
         routes.append(Route("/events", stream_channels, methods=["GET"]))
+        routes.append(Route("/channels/{channel}/history", history, methods=["GET"]))
         routes.append(Route("/sse-gateway.js", browser_client, methods=["GET"]))
     if publish:
         routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.commit import Appended, Appender
+from gateway.cursor import Position
 from gateway.dynamodb import store_errors
+from gateway.history import EMPTY_PAGE, HistoryPage, bounds, page
 from gateway.items import (
     PARTITION_KEY,
     SORT_KEY,
@@ -137,6 +139,23 @@ class EventLog:
             return Page(events, after_seq, more)
         end = batches[-1].end
         return Page(events, end.last, more, end)
+
+    async def history(self, channel: str, before: Position | None, limit: int) -> HistoryPage:
+        """At most ``limit`` retained events right before ``before`` (or up to the head),
+        oldest first, in one Query (see ``gateway.history``)."""
+        query = bounds(before, limit)
+        if query is None:
+            return EMPTY_PAGE
+        condition = "" if query.at_most is None else "<="
+        items, more = await self._query(
+            channel,
+            seq_condition=condition,
+            seq=query.at_most or 0,
+            newest_first=True,
+            limit=query.items,
+        )
+        batches = [decode_batch(item) for item in items]
+        return page(batches, before, limit, more=more, now=self._clock())
 
     def live_events(self, batch: Batch, after_seq: int) -> list[StoredEvent]:
         """``batch``'s events after ``after_seq``; none once it has expired (TTL deletion

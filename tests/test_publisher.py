@@ -107,3 +107,31 @@ async def test_the_documented_policy_for_open_publisher_grants_exactly_what_it_d
     assert re.fullmatch(
         r"arn:aws:dynamodb:<region>:<account>:table/<[A-Za-z]+>", statement["Resource"]
     )
+
+
+async def test_history_through_the_python_api_is_the_http_answer(
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+) -> None:
+    async with open_log(), open_publisher(make_settings(), local_session()) as publisher:
+        ids = [await publisher.publish("feed:1", {"n": n}) for n in range(3)]
+        ids += await publisher.publish_many(
+            "feed:1", [{"event": "e", "data": [n]} for n in range(3)]
+        )
+        newest = await publisher.history("feed:1", limit=4)
+        older = await publisher.history("feed:1", limit=4, before=newest["next_before"])
+        with pytest.raises(InvalidInput, match="limit must be a whole number from 1 to 1000"):
+            await publisher.history("feed:1", limit=0)
+        with pytest.raises(InvalidInput, match="before must be an event id"):
+            await publisher.history("feed:1", before="latest")
+        with pytest.raises(InvalidInput, match="channel name"):
+            await publisher.history("feed 1")
+    assert newest == {
+        "events": [{"id": ids[2], "event": None, "data": {"n": 2}}]
+        + [{"id": ids[3 + n], "event": "e", "data": [n]} for n in range(3)],
+        "next_before": ids[2],
+    }
+    assert older == {
+        "events": [{"id": ids[n], "event": None, "data": {"n": n}} for n in range(2)],
+        "next_before": None,
+    }
