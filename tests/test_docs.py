@@ -16,8 +16,6 @@ from tests.servers import sse_gateway_command
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# Written on the history branch (issue 23); the README links it already.
-NOT_YET_MERGED = {ROOT / "docs" / "history.md"}
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -38,8 +36,6 @@ def test_every_link_lands_on_a_file_and_heading_that_exist(page: Path) -> None:
             continue
         path, _, anchor = target.partition("#")
         linked = (page.parent / path).resolve() if path else page
-        if linked in NOT_YET_MERGED:
-            continue
         assert linked.exists(), f"{page.name}: {target}"
         if anchor and linked.suffix == ".md":
             assert anchor in _anchors(linked), f"{page.name}: {target}"
