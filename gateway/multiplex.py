@@ -71,8 +71,7 @@ async def _multiple(
     opened: list[Opened] = []  # every channel subscribed so far, whenever the client leaves
 
     async def open_one(channel: str) -> Opened:
-        choose, fresh = _chooser(requested, channel), _fresh(requested, channel)
-        o = await open_channel(channel, choose, None, fresh, store, hub, timing)
+        o = await open_channel(channel, _chooser(requested, channel), None, store, hub, timing)
         opened.append(o)  # nothing awaited since it subscribed: no leave can be missed
         return o
 
@@ -95,10 +94,6 @@ async def _multiple(
     finally:
         for o in opened:
             hub.leave(o.feed)
-
-
-def _fresh(requested: dict[str, composite.Requested] | None, channel: str) -> bool:
-    return requested is not None and requested[channel] == composite.Requested()
 
 
 def _chooser(

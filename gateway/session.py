@@ -38,7 +38,8 @@ from gateway.composite import UNKNOWN_EPOCH
 from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.fanout import Attached, Outlet
-from gateway.hub import ChannelFeed, ChannelHub
+from gateway.feed import ChannelFeed
+from gateway.hub import ChannelHub
 from gateway.items import StoredEvent
 from gateway.metrics import Metrics
 from gateway.store import EventLog
@@ -146,7 +147,6 @@ async def open_channel(
     channel: str,
     choose: Callable[[Position, int], Start],
     requested: str | None,
-    fresh: bool,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
@@ -154,22 +154,31 @@ async def open_channel(
     """Where a session on ``channel`` starts (``choose`` decides from the log's
     head), what it delivers first, and the channel's feed, subscribed (the
     session must ``hub.leave`` it). The session has been admitted (``hub.admit``)."""
-    feed = hub.joinable(channel) if fresh else None
+    feed = hub.joinable(channel)
     if feed is not None:
         # The running feed knows the newest position it has seen, as recent as a
-        # head query: a fresh session starts there without one. Nothing is awaited
+        # head query: a session that starts within it needs none, and its catch-up
+        # comes from the feed's buffer (or the log, when older). Nothing is awaited
         # between finding the feed and joining it, so it cannot stop in between.
         head = feed.position
-        hub.subscribe(channel, feed)
-        return Opened(channel, _Reader(head, head.seq, aligned=False), feed, True, [], head)
+        start = choose(head, feed.since)
+        if _settled(start, head):
+            hub.subscribe(channel, feed)
+            reader = _Reader(start.cursor, start.cursor.seq, aligned=False)
+            return Opened(
+                channel, reader, feed, start.fresh, _resets(start, requested), start.client_position
+            )
     async with asyncio.timeout(timing.remaining()):
-        newest = await store.last_batch(channel)
-    end = newest.end if newest is not None else None
-    head = Position(end.epoch, end.last) if end is not None else EMPTY
-    start = choose(head, end.since if end is not None else 1)
-    deliveries: list[Delivery] = []
-    if start.reset is not None:
-        deliveries.append(Reset(start.reset, start.cursor, requested))
+        newest = await hub.head(channel)  # shared with the sessions arriving meanwhile
+        end = newest.end if newest is not None else None
+        head = Position(end.epoch, end.last) if end is not None else EMPTY
+        start = choose(head, end.since if end is not None else 1)
+        if not _settled(start, head):  # the shared answer may predate the client's id
+            newest = await store.last_batch(channel)
+            end = newest.end if newest is not None else None
+            head = Position(end.epoch, end.last) if end is not None else EMPTY
+            start = choose(head, end.since if end is not None else 1)
+    deliveries = _resets(start, requested)
     cursor = start.cursor
     if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
         # The newest item holds all there is after the cursor: no read needed.
@@ -179,6 +188,22 @@ async def open_channel(
         reader = _Reader(cursor, cursor.seq, aligned=False)
     feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
+
+
+def _settled(start: Start, head: Position) -> bool:
+    """Whether ``start``, chosen from a ``head`` that may have been read before the
+    client came, holds whatever the log's head is now: a start at that head or
+    within its epoch before it (all appended since is read after it), or before
+    the log's first event. A client whose position is ahead of the head, or in
+    another epoch, may hold what was appended since: its head is read again."""
+    return start.reset in (None, ResetReason.INVALID_ID) and start.cursor.epoch in (
+        None,
+        head.epoch,
+    )
+
+
+def _resets(start: Start, requested: str | None) -> list[Delivery]:
+    return [Reset(start.reset, start.cursor, requested)] if start.reset is not None else []
 
 
 class End(StrEnum):
@@ -266,7 +291,6 @@ async def _single(
         channel,
         lambda head, since: resolve_start(last_event_id, head, since),
         last_event_id,
-        last_event_id is None,
         store,
         hub,
         timing,
