@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cursor import EMPTY, Position
 from gateway.errors import GatewayError, LogRestarted
-from gateway.fanout import Alarms, Attached
+from gateway.fanout import Alarms, Attached, Attachments
 from gateway.feedbuffer import FeedBuffer
 from gateway.items import LogEnd, StoredEvent
 from gateway.metrics import Metrics
@@ -75,11 +75,10 @@ class ChannelFeed:
         self._poll_min = poll_min_seconds
         self._poll_max = poll_max_seconds
         self._metrics = metrics
-        self._alarms = alarms
         self._notifier = notifier
         self._notified_poll = notified_poll_seconds
         self._notified = False  # the notifier's subscription to this channel stands
-        self._attached: dict[Attached, None] = {}  # sessions it writes to (gateway.fanout)
+        self._attached = Attachments(alarms)  # sessions it writes to
         self._scanned_to = start.last if start else 0
         self._buffer = FeedBuffer(
             self._scanned_to, max_events=buffer_events, max_bytes=buffer_bytes
@@ -118,9 +117,7 @@ class ChannelFeed:
         if self.failure is None:
             self.failure = reason
             self._publish()
-            for attached in self._attached:
-                attached.wake()
-            self._attached.clear()
+            self._attached.wake_all()
 
     @property
     def running(self) -> bool:
@@ -217,12 +214,10 @@ class ChannelFeed:
         if self.failure is not None:
             attached.wake()
         else:
-            self._attached[attached] = None
-            self._alarms.set(attached, at_most)
+            self._attached.add(attached, at_most)
 
     def detach(self, attached: Attached) -> None:
-        self._attached.pop(attached, None)
-        self._alarms.cancel(attached)
+        self._attached.remove(attached)
 
     async def wait(self, at_most: float) -> None:
         """Until new events are buffered, the feed fails, or ``at_most`` seconds pass."""
@@ -327,24 +322,6 @@ class ChannelFeed:
         self._metrics.fed(source, len(events))
         self._buffer.extend(events)
         if self._attached:
-            self._fan_out(events)
+            written = self._attached.write(events, self.frame)
+            self._metrics.delivered([e.appended_at for e in events], sessions=written)
         self._publish()
-
-    def _fan_out(self, events: list[StoredEvent]) -> None:
-        first, last = events[0], events[-1]
-        epoch, after = first.epoch, first.seq - 1
-        # What a session's reader delivers as is: one epoch, no seq skipped.
-        plain = last.seq - after == len(events) and all(e.epoch == epoch for e in events)
-        body = b"".join(map(self.frame, events))
-        message = {"type": "http.response.body", "body": body, "more_body": True}
-        now = time.monotonic()
-        written = 0
-        for attached in list(self._attached):
-            if plain and attached.seq == after and attached.epoch == epoch:
-                attached.seq, attached.written_at = last.seq, now
-                written += 1
-                if attached.outlet.write(message):
-                    continue
-            del self._attached[attached]  # it reads the buffer (or the log) again
-            attached.wake()
-        self._metrics.delivered([e.appended_at for e in events], sessions=written)
