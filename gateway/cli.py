@@ -106,7 +106,7 @@ async def serve(
         # What is built by now (modules, botocore's service models, the app) lives as
         # long as the process: frozen out of the collector's sight, a full collection
         # no longer walks it while a thousand sessions wait for a frame (it paused
-        # the loop for 40-390 ms; BENCHMARKS.md section 9).
+        # the loop for 40-390 ms; BENCHMARKS.md section 10).
         gc.collect()
         gc.freeze()
         await _Server(config, on_exit=app.state.hub.close).serve()
