@@ -19,28 +19,29 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import readiness
 from gateway.answers import IDEMPOTENCY_KEY_HEADER, answer_error, error_response
 from gateway.auth import Action, Authenticator, Granted, bearer_token
+from gateway.cors import REPLAYED_HEADER, cors_middleware
 from gateway.errors import (
     GatewayError,
-    PayloadTooLarge,
-    RequestTimeout,
+    InvalidInput,
     StoreUnavailable,
     UnsupportedMediaType,
 )
+from gateway.history import parse_before, parse_limit, parse_rewind
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics, RecordedMetrics
 from gateway.multiplex import multi_event_stream
 from gateway.notify import notifier_for
 from gateway.publisher import Publisher
 from gateway.quota import Lease, LeasedStream, SubjectQuota
+from gateway.request_bounds import host_deadline, read_capped_body
 from gateway.session import SessionTiming, event_stream
 from gateway.settings import Settings
 from gateway.store import EventLog
@@ -53,42 +54,13 @@ from gateway.validation import (
     parse_json_body,
 )
 
-# The key under ``scope["extensions"]`` where a host passes a hard deadline for
-# a request (a session ends by it, a publish answers by it), as a
-# ``time.monotonic()`` value.
-DEADLINE_EXTENSION = "sse_gateway.deadline"
-REPLAYED_HEADER = "Idempotent-Replayed"
 logger = logging.getLogger(__name__)
 
 CLIENT_HEADERS = {"Cache-Control": "public, max-age=300"}
 
 
-async def read_capped_body(request: Request, limit: int, within: float) -> bytes:
-    """The request body, refusing to read more than ``limit`` bytes or to wait for it
-    longer than ``within`` seconds (a body trickled a byte at a time holds a
-    connection and a task)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    body = bytearray()
-    try:
-        async with asyncio.timeout(within):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    except TimeoutError as exc:
-        raise RequestTimeout(f"the request body did not arrive within {within:g} s") from exc
-    return bytes(body)
-
-
-def host_deadline(request: Request) -> float | None:
-    """The deadline a host (the Lambda handlers) passed for this request, if any."""
-    deadline = request.scope.get("extensions", {}).get(DEADLINE_EXTENSION)
-    return float(deadline) if deadline is not None else None
-
-
 _STREAM_PATH = re.compile(r"/channels/(?P<channel>[^/]+)/events|/events")
+_SLASHED_CHANNEL = re.compile(r"/channels/(?P<channel>.+/.*)/events")
 
 
 class _Gateway(Starlette):
@@ -202,6 +174,7 @@ def create_app(
 
     async def stream_events(request: Request) -> EventStreamResponse:
         channel = check_channel(request.path_params["channel"])
+        rewind = parse_rewind(request.query_params.get("rewind"))
         granted = authorize(request, Action.SUBSCRIBE, channel)
         lease = admit(request, granted, [channel])
         timing = session_timing(request, granted)
@@ -210,7 +183,14 @@ def create_app(
             lambda outlet: LeasedStream(
                 lease,
                 event_stream(
-                    channel, after, outlet, store=store, hub=hub, timing=timing, metrics=metrics
+                    channel,
+                    after,
+                    outlet,
+                    rewind=rewind,
+                    store=store,
+                    hub=hub,
+                    timing=timing,
+                    metrics=metrics,
                 ),
             )
         )
@@ -219,6 +199,7 @@ def create_app(
         channels = check_channels(
             request.query_params.getlist("channel"), settings.max_channels_per_connection
         )
+        rewind = parse_rewind(request.query_params.get("rewind"))
         granted = authorize(request, Action.SUBSCRIBE, *channels)
         lease = admit(request, granted, channels)
         timing = session_timing(request, granted)
@@ -227,10 +208,29 @@ def create_app(
             lambda _: LeasedStream(
                 lease,
                 multi_event_stream(
-                    channels, after, store=store, hub=hub, timing=timing, metrics=metrics
+                    channels,
+                    after,
+                    rewind=rewind,
+                    store=store,
+                    hub=hub,
+                    timing=timing,
+                    metrics=metrics,
                 ),
             )
         )
+
+    async def history(request: Request) -> Response:
+        channel = check_channel(request.path_params["channel"])
+        limit = parse_limit(request.query_params.get("limit"))
+        before = parse_before(request.query_params.get("before"))
+        authorize(request, Action.SUBSCRIBE, channel)
+        deadline = host_deadline(request)
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                found = await store.history(channel, before, limit)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"history of {channel!r}: DynamoDB did not answer") from exc
+        return Response(found.body(), media_type="application/json")
 
     async def publish_events(request: Request) -> Response:
         channel = check_channel(request.path_params["channel"])
@@ -264,6 +264,15 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def readyz(request: Request) -> Response:
+        state = await readiness.check(store, notifier, settings)
+        checks = {"store": state.store, "notifier": state.notifier}
+        if state.ready:
+            return JSONResponse({"status": "ready", "checks": checks})
+        message = "not ready: " + "; ".join(state.problems)
+        error = {"code": "not_ready", "message": message}
+        return JSONResponse({"error": error, "checks": checks}, status_code=503)
+
     async def metrics_text(request: Request) -> Response:
         assert isinstance(metrics, RecordedMetrics)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -286,6 +295,12 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 404 and (match := _SLASHED_CHANNEL.fullmatch(request.url.path)):
+            # A channel with an encoded "/" (%2F) is decoded into two path segments.
+            try:
+                check_channel(match["channel"])
+            except InvalidInput as invalid:
+                return await gateway_error(request, invalid)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
@@ -296,10 +311,14 @@ def create_app(
         if notifier is not None:
             await notifier.aclose()
 
-    routes = [Route("/healthz", healthz, methods=["GET"])]
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
     if subscribe:
         routes.append(Route("/channels/{channel}/events", stream_events, methods=["GET"]))
         routes.append(Route("/events", stream_channels, methods=["GET"]))
+        routes.append(Route("/channels/{channel}/history", history, methods=["GET"]))
         routes.append(Route("/sse-gateway.js", browser_client, methods=["GET"]))
     if publish:
         routes.append(Route("/channels/{channel}/events", publish_events, methods=["POST"]))
@@ -307,26 +326,7 @@ def create_app(
         routes.append(Route("/", demo, methods=["GET"]))
     if settings.metrics and metrics_route:
         routes.append(Route("/metrics", metrics_text, methods=["GET"]))
-    middleware = []
-    if settings.cors_allowed_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_allowed_origins,
-                # Cookie auth needs credentials, which browsers refuse with a wildcard.
-                allow_credentials="*" not in settings.cors_allowed_origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=[
-                    "authorization",
-                    "content-type",
-                    "last-event-id",
-                    "cache-control",
-                    IDEMPOTENCY_KEY_HEADER.lower(),
-                ],
-                expose_headers=[REPLAYED_HEADER],
-                max_age=86400,
-            )
-        )
+    middleware = cors_middleware(settings)
 
     async def stream_response(scope: Scope, receive: Receive) -> Response | EventStreamResponse:
         request = Request(scope, receive)

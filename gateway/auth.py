@@ -27,6 +27,8 @@ from gateway.settings import Settings
 TOKEN_COOKIE = "sse_token"
 TOKEN_QUERY_PARAMETER = "token"
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
+# An HTTP auth scheme (Bearer, Basic, Token): short, and never a token itself.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}")
 
 
 class Action(StrEnum):
@@ -94,11 +96,24 @@ class Granted:
 def bearer_token(
     headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str]
 ) -> str | None:
-    """The token from ``Authorization: Bearer``, else ``?token=``, else the cookie."""
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    """The token from ``Authorization: Bearer``, else ``?token=``, else the cookie.
+
+    An ``Authorization`` header of another scheme (``Token``, ``JWT``) and no
+    other token is refused naming the expected scheme, and the scheme only: what
+    follows it, or a header that is no ``<scheme> <credentials>``, may be a token.
+    """
+    header = headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return query.get(TOKEN_QUERY_PARAMETER) or cookies.get(TOKEN_COOKIE) or None
+    token = query.get(TOKEN_QUERY_PARAMETER) or cookies.get(TOKEN_COOKIE) or None
+    if token is None and header.strip() and scheme.lower() != "bearer":
+        named = f"{scheme!r} " if _SCHEME.fullmatch(scheme) and credentials else ""
+        raise Unauthorized(
+            f"the Authorization header's scheme {named}is not accepted: send "
+            f"Authorization: Bearer <jwt> (or ?token=<jwt>, or the {TOKEN_COOKIE} cookie)"
+        )
+    return token
 
 
 class Authenticator:

@@ -1,4 +1,4 @@
-"""``sse-gateway``: run the gateway under uvicorn.
+"""sse-gateway: run the gateway under uvicorn.
 
 ``dev`` is the one-command local setup: an embedded DynamoDB (moto's server on
 loopback), the table, and the demo page. ``serve`` is the container entry
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import signal
@@ -36,9 +37,10 @@ from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import SettingsError
 from gateway.metrics import metrics_for
+from gateway.readiness import check_table
 from gateway.redaction import RedactTokens
 from gateway.serving import protocol_for
-from gateway.settings import Settings, load_settings
+from gateway.settings import ENV_PREFIX, Settings, load_settings
 from gateway.store import EventLog
 from infra.table import ensure_table
 
@@ -91,6 +93,7 @@ async def serve(
             logger.info("created table %s", settings.table_name)
         metrics = metrics_for(settings)
         store = EventLog.for_settings(client, settings, metrics=metrics)
+        await check_table(store, settings)
         app = create_app(settings, store, metrics=metrics)
         config = uvicorn.Config(
             app,
@@ -106,23 +109,39 @@ async def serve(
         # What is built by now (modules, botocore's service models, the app) lives as
         # long as the process: frozen out of the collector's sight, a full collection
         # no longer walks it while a thousand sessions wait for a frame (it paused
-        # the loop for 40-390 ms; BENCHMARKS.md section 10).
+        # the loop for 40-390 ms; BENCHMARKS.md section 11).
         gc.collect()
         gc.freeze()
         await _Server(config, on_exit=app.state.hub.close).serve()
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sse-gateway", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sse-gateway",
+        description="Resumable Server-Sent Events over a DynamoDB event log, under uvicorn.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     dev = commands.add_parser("dev", help="run locally on an embedded DynamoDB, with a demo page")
-    dev.add_argument(
+    dynamodb = dev.add_mutually_exclusive_group()
+    dynamodb.add_argument(
         "--dynamodb-endpoint", metavar="URL", help="use this DynamoDB instead of the embedded one"
     )
-    serve = commands.add_parser("serve", help="serve against the configured DynamoDB")
+    dynamodb.add_argument(
+        "--dynamodb-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="the embedded DynamoDB's port (default: a free one; the start prints it)",
+    )
+    serve = commands.add_parser(
+        "serve", help="serve against the DynamoDB the SSE_GATEWAY_* settings name (a container)"
+    )
     for command in (dev, serve):
-        command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--port", type=int, default=8000)
+        command.add_argument(
+            "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)"
+        )
+        command.add_argument("--port", type=int, default=8000, help="port to listen on")
         command.add_argument(
             "--loop",
             choices=["auto", "uvloop", "asyncio"],
@@ -164,30 +183,62 @@ def _run(serving: Coroutine[Any, Any, None], loop: str) -> None:
         runner.run(serving)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sse-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
+        return "unknown"
+
+
+def local_exports(endpoint: str, settings: Settings) -> str:
+    """What another shell exports to reach ``dev``'s DynamoDB: ``open_publisher``, a
+    ``serve``. moto takes any credentials, so these are no secret."""
+    variables = {
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        f"{ENV_PREFIX}DYNAMODB_REGION": "us-east-1",
+        f"{ENV_PREFIX}DYNAMODB_ENDPOINT_URL": endpoint,
+        f"{ENV_PREFIX}TABLE_NAME": settings.table_name,
+    }
+    return "export " + " ".join(f"{name}={value}" for name, value in variables.items())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     try:
         settings = load_settings()
         loop, http = _server_stack(args)
-    except SettingsError as exc:
+        logger.info("serving on the %s event loop with the %s HTTP parser", loop, http)
+        if args.command == "serve":
+            serving = serve(
+                settings, host=args.host, port=args.port, http=http, access_log=args.access_log
+            )
+            _run(serving, loop)
+        else:
+            _dev(args, settings, loop, http)
+    except SettingsError as exc:  # what to set, without a traceback
         print(f"sse-gateway: {exc.message}", file=sys.stderr)
         return 2
-    logger.info("serving on the %s event loop with the %s HTTP parser", loop, http)
-    if args.command == "serve":
-        serving = serve(
-            settings, host=args.host, port=args.port, http=http, access_log=args.access_log
-        )
-        _run(serving, loop)
-        return 0
+    return 0
 
+
+def _dev(args: argparse.Namespace, settings: Settings, loop: str, http: str) -> None:
     from infra.local import embedded_dynamodb, local_session
 
     dynamodb: AbstractContextManager[str] = (
-        nullcontext(args.dynamodb_endpoint) if args.dynamodb_endpoint else embedded_dynamodb()
+        nullcontext(args.dynamodb_endpoint)
+        if args.dynamodb_endpoint
+        else embedded_dynamodb(port=args.dynamodb_port)
     )
     with dynamodb as endpoint:
-        logger.info("DynamoDB at %s, table %s", endpoint, settings.table_name)
+        logger.info(
+            "DynamoDB at %s, table %s; to publish from Python or run sse-gateway serve "
+            "against it, paste in another shell:\n%s",
+            endpoint,
+            settings.table_name,
+            local_exports(endpoint, settings),
+        )
         settings = settings.model_copy(
             update={"dynamodb_endpoint_url": endpoint, "demo_page": True, "metrics": True}
         )
@@ -201,7 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=args.access_log,
         )
         _run(serving, loop)
-    return 0
 
 
 if __name__ == "__main__":

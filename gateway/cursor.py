@@ -15,6 +15,13 @@ and an append opened a new epoch above it), one that began at or below its
 position (the channel was purged and started over: go back to where it
 began, once), or, in a log mixed by a hand edit, an epoch it has already been
 in: say so with a ``reset`` and go on, so no reader can loop.
+
+A subscription with no position of its own (no ``Last-Event-ID``, or one that
+is not ours) starts at the head, or ``rewind`` events before it
+(``rewind_start``): never further back than where the head's epoch began, and
+what of those events has expired is no loss to a client that never held them
+(``rewound_cursor``), so a rewind past the retained log starts at its oldest
+event without a ``reset``.
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ class Start:
     fresh: bool = False
     reset: ResetReason | None = None
     held: Position = EMPTY
+    rewound_from: Position | None = None  # the head a rewind counted back from
 
     @property
     def client_position(self) -> Position:
@@ -100,15 +108,43 @@ class Start:
         return self.cursor if self.reset is None else self.held
 
 
-def resolve_start(last_event_id: str | None, head: Position, since: int = 1) -> Start:
+def resolve_start(
+    last_event_id: str | None, head: Position, since: int = 1, rewind: int = 0
+) -> Start:
     """The start cursor of a subscription, given the channel's newest position
-    ``head`` and the first seq of its epoch, ``since``."""
+    ``head`` and the first seq of its epoch, ``since``; ``rewind`` counts back from
+    the head where the client holds no position of ours."""
     if last_event_id is None:
-        return Start(head, fresh=True)
+        return rewind_start(head, since, rewind)
     requested = parse_event_id(last_event_id)
     if requested is None:
-        return Start(head, reset=ResetReason.INVALID_ID)
+        return invalid_start(head, since, rewind)
     return resolve_position(requested, head, since)
+
+
+def rewind_start(head: Position, since: int, rewind: int) -> Start:
+    """A fresh subscription ``rewind`` events before ``head`` (0: at the head)."""
+    if rewind == 0 or head.epoch is None:
+        return Start(head, fresh=True)
+    # Below since, the log is another incarnation's, all expired or purged.
+    cursor = Position(head.epoch, max(head.seq - rewind, since - 1))
+    return Start(cursor, fresh=True, rewound_from=head)
+
+
+def invalid_start(head: Position, since: int, rewind: int) -> Start:
+    """A subscription whose id is not ours: where a fresh one starts, with a reset."""
+    start = rewind_start(head, since, rewind)
+    return Start(start.cursor, reset=ResetReason.INVALID_ID, rewound_from=start.rewound_from)
+
+
+def rewound_cursor(cursor: Position, head: Position, epoch: str, seq: int) -> Position:
+    """Where a reader that rewound to ``cursor`` from ``head`` stands when the first
+    event it meets is ``<epoch>-<seq>``: right before it when it lies within the
+    rewind (the retained log begins there), else at ``head``, as a reader that
+    started there would (nothing the rewind reached for was retained)."""
+    if epoch == head.epoch and cursor.seq < seq <= head.seq:
+        return Position(epoch, seq - 1)
+    return head
 
 
 def resolve_position(requested: Position, head: Position, since: int = 1) -> Start:

@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.errors import StoreMisconfigured, StoreUnavailable, WriteConflict
 from gateway.metrics import Metrics
+from gateway.readiness import check_aws_environment
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,7 +74,11 @@ async def open_dynamodb(
         connect_timeout=settings.dynamodb_timeout_seconds,
         read_timeout=settings.dynamodb_timeout_seconds,
     )
-    async with (session or aioboto3.Session()).client(
+    session = session or aioboto3.Session()
+    # A missing region or credentials is a configuration error, named at start
+    # (botocore would raise NoRegionError here, or fail every request later).
+    await check_aws_environment(settings, session)
+    async with session.client(
         "dynamodb",
         endpoint_url=settings.dynamodb_endpoint_url,
         region_name=settings.dynamodb_region,

@@ -25,15 +25,14 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from gateway import composite, wire
-from gateway.cursor import Position, ResetReason, Start
+from gateway.cursor import Position, Start, invalid_start, rewind_start
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics
+from gateway.reader import Delivery, Reset
 from gateway.session import (
     Body,
-    Delivery,
     Framing,
     Opened,
-    Reset,
     SessionTiming,
     open_channel,
     report,
@@ -47,20 +46,23 @@ def multi_event_stream(
     channels: Sequence[str],
     last_event_id: str | None,
     *,
+    rewind: int = 0,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
     metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     """The session of ``/events``: every channel's events as JSON envelopes in plain
-    ``message`` frames, whose id is the composite cursor of all the channels."""
-    body = _multiple(channels, last_event_id, store, hub, timing, metrics)
+    ``message`` frames, whose id is the composite cursor of all the channels; each
+    channel the cursor gives no position for starts ``rewind`` events before its head."""
+    body = _multiple(channels, last_event_id, rewind, store, hub, timing, metrics)
     return run_session(body, channels, timing, metrics)
 
 
 async def _multiple(
     channels: Sequence[str],
     last_event_id: str | None,
+    rewind: int,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
@@ -71,7 +73,8 @@ async def _multiple(
     opened: list[Opened] = []  # every channel subscribed so far, whenever the client leaves
 
     async def open_one(channel: str) -> Opened:
-        o = await open_channel(channel, _chooser(requested, channel), None, store, hub, timing)
+        choose = _chooser(requested, channel, rewind)
+        o = await open_channel(channel, choose, None, store, hub, timing)
         opened.append(o)  # nothing awaited since it subscribed: no leave can be missed
         return o
 
@@ -97,11 +100,17 @@ async def _multiple(
 
 
 def _chooser(
-    requested: dict[str, composite.Requested] | None, channel: str
+    requested: dict[str, composite.Requested] | None, channel: str, rewind: int
 ) -> Callable[[Position, int], Start]:
-    if requested is None:  # not a cursor of ours: every channel restarts at its head
-        return lambda head, since: Start(head, reset=ResetReason.INVALID_ID)
-    return requested[channel].start
+    """Where ``channel`` starts: where the cursor puts it, or where a fresh session
+    does (``rewind`` before its head), with a reset when the cursor is not ours or
+    cannot tell the channel's entry apart from another's."""
+    entry = requested[channel] if requested is not None else composite.Requested(ambiguous=True)
+    if entry.ambiguous:
+        return lambda head, since: invalid_start(head, since, rewind)
+    if entry.entry is None:
+        return lambda head, since: rewind_start(head, since, rewind)
+    return entry.start
 
 
 def _envelopes(positions: dict[str, Position]) -> Framing:

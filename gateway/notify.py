@@ -15,15 +15,13 @@ and each feed reads the log once when its subscription is confirmed.
   subscribes and unsubscribes as feeds start and stop; and one connection for
   publishing, on which a writer's notifications leave in the order of its
   acknowledged appends, pipelined when several wait.
-- A notification is JSON, ``{"from": <process>, "events": [...]}``, the
-  stored events of one append (epoch, seq, since, data, event, appended_at),
-  at most ``MAX_NOTIFICATION_BYTES``: above it only the newest events that fit,
-  maybe none (a bare wake-up). A process ignores its own: its publishes reach
-  its feeds in-process.
+- A notification carries the stored events of one append, as far as they fit
+  (``gateway/notification.py``). A process ignores its own: its publishes
+  reach its feeds in-process.
 - Plain ``PUBLISH``/``SUBSCRIBE`` through a non-cluster client, which every
   target takes: standalone Redis and Valkey, a cluster (it forwards every
   ``PUBLISH`` to every node, so a connection to any node hears it), ElastiCache
-  Serverless, MemoryDB and Upstash (README: "Push, not poll").
+  Serverless, MemoryDB and Upstash (docs/notify.md).
 - A publish never fails because of the notifier: a failed or slow send (at most
   ``SEND_TIMEOUT_SECONDS``) is counted and logged, never with the URL's
   credentials, and publishes skip the notifier for a moment after one.
@@ -37,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import json
 import logging
 import random
 import time
@@ -49,6 +46,7 @@ from urllib.parse import urlsplit
 from gateway.errors import SettingsError
 from gateway.items import StoredEvent
 from gateway.metrics import Metrics
+from gateway.notification import decode, encode, pubsub_channel
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,13 +55,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_NOTIFICATION_BYTES = 64 * 1024
 SEND_TIMEOUT_SECONDS = 1.0  # the longest a publish waits for its notification to leave
 _SEND_PAUSE_SECONDS = 1.0  # after a failed send, publishes skip the notifier this long
 _READ_SLICE_SECONDS = 0.1  # how soon the listener subscribes a feed that started
-# Of silence on the subscribing connection: as long as the safety poll, since a
-# link that died without a FIN costs no more than a lost notification (and each
-# PING is a billed command on some services).
+# Of silence on the subscribing connection: within the safety poll, so a link
+# that died without a FIN costs no more than a lost notification (and no
+# shorter: each PING is a billed command on some services).
 _PING_AFTER_SECONDS = 30.0
 _PONG_WITHIN_SECONDS = 5.0  # else the connection is dead (a peer gone without a FIN)
 _CONNECT_TIMEOUT_SECONDS = 5.0
@@ -81,74 +78,10 @@ class Follower(Protocol):
     def set_notified(self, notified: bool) -> None: ...
 
 
-def pubsub_channel(table: str, channel: str) -> str:
-    """The pub/sub channel of a gateway channel: neither a table name nor a channel
-    name holds "/", so no two tables' channels meet."""
-    return f"sse-gateway/{table}/{channel}"
-
-
 def redacted(url: str) -> str:
     """``url`` as logs may show it: scheme, host and port, no credentials."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
-
-
-def encode(origin: str, events: Sequence[StoredEvent]) -> bytes:
-    """A notification of ``events``: the newest ones that fit in the bound."""
-    parts = [
-        json.dumps(
-            {
-                "epoch": e.epoch,
-                "seq": e.seq,
-                "since": e.since,
-                "data": e.data,
-                "event": e.event,
-                "appended_at": e.appended_at,
-            },
-            separators=(",", ":"),
-        )
-        for e in events
-    ]
-    head = '{"from":' + json.dumps(origin) + ',"events":['
-    size, kept = len(head) + 2, 0
-    for part in reversed(parts):  # ASCII (json.dumps escapes the rest): chars are bytes
-        if size + len(part) + 1 > MAX_NOTIFICATION_BYTES:
-            break
-        size += len(part) + 1
-        kept += 1
-    return (head + ",".join(parts[len(parts) - kept :]) + "]}").encode()
-
-
-def decode(payload: bytes | str) -> tuple[str, list[StoredEvent]]:
-    """The sender and events of a notification; raises ``ValueError`` unless they are
-    consecutive seqs of one epoch, as one append's are."""
-    try:
-        message = json.loads(payload)
-        origin = message["from"]
-        events = [
-            StoredEvent(
-                epoch=_typed(e["epoch"], str),
-                seq=_typed(e["seq"], int),
-                data=_typed(e["data"], str),
-                event=None if e["event"] is None else _typed(e["event"], str),
-                since=_typed(e["since"], int),
-                appended_at=float(_typed(e["appended_at"], (int, float))),
-            )
-            for e in message["events"]
-        ]
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not a notification: {exc}") from exc
-    if not isinstance(origin, str) or any(
-        e.epoch != events[0].epoch or e.seq != events[0].seq + i for i, e in enumerate(events)
-    ):
-        raise ValueError("a notification's events are consecutive seqs of one epoch")
-    return origin, events
-
-
-def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TypeError(f"{value!r} is no {kind}")
-    return value
 
 
 class Notifier:
@@ -220,11 +153,7 @@ class Notifier:
                 batch, self._outbox = self._outbox, []
                 error: BaseException | None = None
                 try:
-                    if self._publisher is None:
-                        # One retry on a fresh connection: one that died while idle
-                        # (as a frozen Lambda environment's does) fails once.
-                        self._publisher = self._client(retries=1, health_check_interval=30)
-                    async with self._publisher.pipeline(transaction=False) as pipe:
+                    async with self._publishing().pipeline(transaction=False) as pipe:
                         for name, body, _ in batch:
                             pipe.publish(name, body)
                         await pipe.execute()
@@ -235,6 +164,18 @@ class Notifier:
                         sent.set_result(error)
         finally:
             self._sender = None
+
+    async def ping(self) -> None:
+        """A ``PING`` on the publishing connection (for readiness); raises when the
+        Redis does not answer."""
+        await self._publishing().ping()
+
+    def _publishing(self) -> Redis:
+        if self._publisher is None:
+            # One retry on a fresh connection: one that died while idle (as a
+            # frozen Lambda environment's does) fails once.
+            self._publisher = self._client(retries=1, health_check_interval=30)
+        return self._publisher
 
     # The subscriber's side.
 

@@ -2,6 +2,7 @@
 
     async with open_publisher(load_settings()) as publisher:
         event_id = await publisher.publish("orders:42", {"status": "paid"})
+        page = await publisher.history("orders:42", limit=20)  # as GET .../history answers
 
 The same validation as the HTTP API applies, so both paths write the same log,
 and both notify other processes (``SSE_GATEWAY_NOTIFY_URL``, ``gateway/notify.py``)
@@ -20,6 +21,7 @@ from pydantic import JsonValue
 
 from gateway.commit import Appended
 from gateway.dynamodb import open_dynamodb
+from gateway.history import DEFAULT_LIMIT, check_limit, parse_before
 from gateway.items import NewEvent, StoredEvent
 from gateway.metrics import Metrics
 from gateway.notify import Notifier, notifier_for
@@ -84,6 +86,18 @@ class Publisher:
         )
         appended = await self.append(channel, checked, idempotency_key=idempotency_key)
         return [event.event_id for event in appended.events]
+
+    async def history(
+        self, channel: str, *, limit: int = DEFAULT_LIMIT, before: str | None = None
+    ) -> dict[str, Any]:
+        """At most ``limit`` (1-1000) retained events of ``channel`` before the id
+        ``before`` (or up to the head), oldest first, as ``GET
+        /channels/{channel}/history`` answers: ``{"events": [{"id", "event", "data"}],
+        "next_before": id or None}``. A page that renders them and then subscribes
+        with ``last_event_id`` = the last id misses nothing published in between."""
+        check_channel(channel)
+        page = await self._store.history(channel, parse_before(before), check_limit(limit))
+        return page.as_dict()
 
     async def append(
         self, channel: str, events: Sequence[NewEvent], *, idempotency_key: str | None = None

@@ -26,7 +26,6 @@ so a hung DynamoDB cannot keep a Lambda past its own deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -34,14 +33,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import wire
-from gateway.composite import UNKNOWN_EPOCH
-from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, step
+from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.fanout import Attached, Outlet
 from gateway.feed import ChannelFeed
 from gateway.hub import ChannelHub
 from gateway.items import StoredEvent
 from gateway.metrics import Metrics
+from gateway.reader import Delivery, Reader, Reset, encode_delivery
 from gateway.store import EventLog
 
 logger = logging.getLogger(__name__)
@@ -61,82 +60,10 @@ class SessionTiming:
         return self.deadline - time.monotonic()
 
 
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """The client's position ``requested`` was lost; the stream goes on after
-    ``continues_after``."""
-
-    reason: ResetReason
-    continues_after: Position
-    requested: str | None
-
-
-Delivery = StoredEvent | Reset
-
-
-def encode_reset(reason: ResetReason, continues_after: Position, requested: str | None) -> bytes:
-    """The in-band ``reset`` event: the client's position was lost, the stream goes on
-    after ``continues_after``; its id moves the browser's last event id there."""
-    data = {
-        "reason": reason.value,
-        "last_event_id": requested[:128] if requested is not None else None,
-        "continues_after": continues_after.event_id,
-    }
-    return wire.encode_event(
-        json.dumps(data, separators=(",", ":")), event="reset", id=continues_after.event_id
-    )
-
-
-def encode_delivery(delivery: Delivery) -> bytes:
-    if isinstance(delivery, Reset):
-        return encode_reset(delivery.reason, delivery.continues_after, delivery.requested)
-    return wire.encode_event(delivery.data, event=delivery.event, id=delivery.event_id)
-
-
-class _Reader:
-    """A session's walk through one channel's log: what it has delivered
-    (``cursor``), how far it has read (``scanned_to``), and what comes next."""
-
-    __slots__ = ("_visited", "aligned", "cursor", "scanned_to")
-
-    def __init__(self, cursor: Position, scanned_to: int, aligned: bool) -> None:
-        self.cursor = cursor
-        self.scanned_to = scanned_to
-        self.aligned = aligned  # scanned_to ends an item (see EventLog.read_after)
-        # Epochs met, rarely more than one: a tuple is a fifth of a set's size.
-        self._visited: tuple[str, ...] = (cursor.epoch,) if cursor.epoch is not None else ()
-
-    def deliveries(self, events: list[StoredEvent], feed: ChannelFeed | None) -> list[Delivery]:
-        out: list[Delivery] = []
-        for event in events:
-            cursor = self.cursor
-            if event.epoch != cursor.epoch or event.seq != cursor.seq + 1:
-                observed = feed.observed_after(event.epoch) if feed is not None else None
-                action = step(cursor, event.epoch, event.seq, event.since, self._visited, observed)
-                if event.epoch not in self._visited:
-                    self._visited += (event.epoch,)
-                if action is not None:
-                    out.append(Reset(action.reset, action.continues_after, _known(cursor)))
-                    self.cursor = action.continues_after
-                    if action.rewind:  # the log started over below: read it from there
-                        self.scanned_to, self.aligned = self.cursor.seq, False
-                        return out
-            out.append(event)
-            self.cursor = event.position
-        return out
-
-
-def _known(position: Position) -> str | None:
-    """The id a client knows for ``position``: none for an epoch that a composite
-    cursor named only by its fingerprint."""
-    epoch = position.epoch
-    return None if epoch is not None and epoch.startswith(UNKNOWN_EPOCH) else position.event_id
-
-
 @dataclass(slots=True)
 class Opened:
     channel: str
-    reader: _Reader
+    reader: Reader
     feed: ChannelFeed
     fresh: bool
     deliveries: list[Delivery]
@@ -164,7 +91,8 @@ async def open_channel(
         start = choose(head, feed.since)
         if _settled(start, head):
             hub.subscribe(channel, feed)
-            reader = _Reader(start.cursor, start.cursor.seq, aligned=False)
+            rewound = start.rewound_from
+            reader = Reader(start.cursor, start.cursor.seq, aligned=False, rewound_from=rewound)
             return Opened(
                 channel, reader, feed, start.fresh, _resets(start, requested), start.client_position
             )
@@ -182,10 +110,10 @@ async def open_channel(
     cursor = start.cursor
     if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
         # The newest item holds all there is after the cursor: no read needed.
-        reader = _Reader(cursor, head.seq, aligned=True)
+        reader = Reader(cursor, head.seq, aligned=True, rewound_from=start.rewound_from)
         deliveries += reader.deliveries(store.live_events(newest, cursor.seq), None)
     else:
-        reader = _Reader(cursor, cursor.seq, aligned=False)
+        reader = Reader(cursor, cursor.seq, aligned=False, rewound_from=start.rewound_from)
     feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
 
@@ -266,20 +194,23 @@ def event_stream(
     last_event_id: str | None,
     outlet: Outlet | None = None,
     *,
+    rewind: int = 0,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
     metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     """The session of the single-channel endpoint: frames as published, ids of the
-    channel's own log."""
-    body = _single(channel, last_event_id, outlet, store, hub, timing, metrics)
+    channel's own log; without a ``last_event_id``, it starts ``rewind`` events
+    before the head."""
+    body = _single(channel, last_event_id, rewind, outlet, store, hub, timing, metrics)
     return run_session(body, [channel], timing, metrics)
 
 
 async def _single(
     channel: str,
     last_event_id: str | None,
+    rewind: int,
     outlet: Outlet | None,
     store: EventLog,
     hub: ChannelHub,
@@ -289,7 +220,7 @@ async def _single(
     hub.admit([channel])  # before any store call: a refusal costs nothing
     opened = await open_channel(
         channel,
-        lambda head, since: resolve_start(last_event_id, head, since),
+        lambda head, since: resolve_start(last_event_id, head, since, rewind),
         last_event_id,
         store,
         hub,
@@ -297,7 +228,7 @@ async def _single(
     )
     try:
         if opened.fresh:
-            yield wire.encode_id(opened.reader.cursor.event_id)
+            yield wire.encode_id(opened.held.event_id)  # before what it delivers first
         if opened.deliveries:
             report(metrics, opened.deliveries)
             yield _plain(opened, opened.deliveries)

@@ -34,6 +34,11 @@ from gateway.keys import check_public_key, check_secret_length, fetch_secret
 ENV_PREFIX = "SSE_GATEWAY_"
 # Set by Lambda for a runtime, not by an operator: read under their own names.
 RUNTIME_API_VARIABLE = "AWS_LAMBDA_RUNTIME_API"
+# A Secrets Manager secret's or an SSM parameter's ARN: what fetch_secret reads.
+SECRET_ARN_PATTERN = (
+    r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:"
+    r"|ssm:[a-z0-9-]+:[0-9]{12}:parameter/).+$"
+)
 MAX_CONCURRENCY_VARIABLE = "AWS_LAMBDA_MAX_CONCURRENCY"
 FUNCTION_NAME_VARIABLE = "AWS_LAMBDA_FUNCTION_NAME"
 
@@ -81,7 +86,7 @@ class _StrictEnvSource(EnvSettingsSource):
 
 class Settings(BaseSettings):
     """Every knob of the gateway. Each field is the variable ``SSE_GATEWAY_<NAME>``
-    (or, for what Lambda sets, its own name); README.md's settings table lists them
+    (or, for what Lambda sets, its own name); docs/settings.md lists them
     with their defaults, and a test keeps the two equal."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
@@ -127,8 +132,14 @@ class Settings(BaseSettings):
         description="redis:// or rediss:// URL (with user and password or token) of a Redis or "
         "Valkey whose pub/sub wakes other processes' feeds; unset: polling only",
     )
+    notify_url_arn: str | None = Field(
+        None,
+        pattern=SECRET_ARN_PATTERN,
+        description="the notify URL from AWS instead: a Secrets Manager secret's ARN (its "
+        "SecretString) or an SSM SecureString parameter's ARN, read once at start",
+    )
     notified_poll_seconds: float = Field(
-        30.0,
+        60.0,
         gt=0,
         le=3600,
         description="while notifications flow, a channel's safety poll: a lost notification, "
@@ -215,8 +226,7 @@ class Settings(BaseSettings):
     )
     auth_secret_arn: str | None = Field(
         None,
-        pattern=r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:"
-        r"|ssm:[a-z0-9-]+:[0-9]{12}:parameter/).+$",
+        pattern=SECRET_ARN_PATTERN,
         description="the HS256 secret from AWS instead: a Secrets Manager secret's ARN "
         "(its SecretString) or an SSM SecureString parameter's ARN, read once at start",
     )
@@ -341,14 +351,8 @@ class Settings(BaseSettings):
     @field_validator("notify_url")
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        # The message names the scheme only: the URL holds the password.
-        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
-            scheme, separator, _ = value.get_secret_value().partition("://")
-            got = f"a {scheme[:16]!r} URL" if separator and scheme.isalpha() else "no URL"
-            raise ValueError(
-                f"must be a redis:// or rediss:// URL (got {got}); "
-                "set the Redis or Valkey to notify through"
-            )
+        if value is not None:
+            check_redis_url(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
@@ -358,12 +362,27 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}POLL_MIN_SECONDS ({self.poll_min_seconds}) must not exceed "
                 f"{ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
             )
-        if self.notify_url is not None and self.notified_poll_seconds < self.poll_max_seconds:
+        if self.notify_url_arn is not None and self.notify_url is not None:
+            raise ValueError(f"set {ENV_PREFIX}NOTIFY_URL or {ENV_PREFIX}NOTIFY_URL_ARN, not both")
+        notified = self.notify_url is not None or self.notify_url_arn is not None
+        if notified and self.notified_poll_seconds < self.poll_max_seconds:
             raise ValueError(
                 f"{ENV_PREFIX}NOTIFIED_POLL_SECONDS ({self.notified_poll_seconds}) must not be "
                 f"shorter than {ENV_PREFIX}POLL_MAX_SECONDS ({self.poll_max_seconds})"
             )
         return self
+
+
+def check_redis_url(url: str) -> None:
+    """``ValueError`` unless ``url`` is a redis:// or rediss:// URL; the message names
+    the scheme only, since the URL holds the password."""
+    if not url.startswith(("redis://", "rediss://")):
+        scheme, separator, _ = url.partition("://")
+        got = f"a {scheme[:16]!r} URL" if separator and scheme.isalpha() else "no URL"
+        raise ValueError(
+            f"must be a redis:// or rediss:// URL (got {got}); "
+            "set the Redis or Valkey to notify through"
+        )
 
 
 def _is_secret(field: str) -> bool:
@@ -376,7 +395,7 @@ def _is_secret(field: str) -> bool:
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit ``overrides`` taking precedence,
-    and the secret at ``AUTH_SECRET_ARN`` fetched."""
+    and the secrets at ``AUTH_SECRET_ARN`` and ``NOTIFY_URL_ARN`` fetched."""
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -393,15 +412,23 @@ def load_settings(**overrides: Any) -> Settings:
             problems.append(f"{name}: {error['msg']}{got}")
         # Not chained: pydantic's own message would print the inputs in a traceback.
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
-    if settings.auth_secret_arn is None:
-        return settings
-    variable = f"{ENV_PREFIX}AUTH_SECRET_ARN"
-    secret = fetch_secret(settings.auth_secret_arn, variable)
-    try:
-        check_secret_length(secret, f"the secret at {variable}")
-    except ValueError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from None
-    return settings.model_copy(update={"auth_secret": SecretStr(secret)})
+    if settings.auth_secret_arn is not None:
+        variable = f"{ENV_PREFIX}AUTH_SECRET_ARN"
+        secret = fetch_secret(settings.auth_secret_arn, variable)
+        try:
+            check_secret_length(secret, f"the secret at {variable}")
+        except ValueError as exc:
+            raise SettingsError(f"invalid settings: {exc}") from None
+        settings = settings.model_copy(update={"auth_secret": SecretStr(secret)})
+    if settings.notify_url_arn is not None:
+        variable = f"{ENV_PREFIX}NOTIFY_URL_ARN"
+        url = fetch_secret(settings.notify_url_arn, variable)
+        try:
+            check_redis_url(url)
+        except ValueError as exc:
+            raise SettingsError(f"invalid settings: the secret at {variable} {exc}") from None
+        settings = settings.model_copy(update={"notify_url": SecretStr(url)})
+    return settings
 
 
 def runtime_api_address() -> str | None:

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.commit import Appended, Appender
+from gateway.cursor import Position
 from gateway.dynamodb import store_errors
+from gateway.history import EMPTY_PAGE, HistoryPage, bounds, page
 from gateway.items import (
     PARTITION_KEY,
     SORT_KEY,
@@ -38,6 +40,7 @@ from gateway.items import (
     decode_batch,
 )
 from gateway.metrics import Metrics, StoreStats
+from gateway.query import LeanQuery
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,7 +78,7 @@ class EventLog:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
-        self._client = client
+        self._query_path = LeanQuery(client)  # every read: see gateway/query.py
         self._table = table_name
         self._clock = clock
         self.stats = StoreStats()
@@ -137,6 +140,23 @@ class EventLog:
         end = batches[-1].end
         return Page(events, end.last, more, end)
 
+    async def history(self, channel: str, before: Position | None, limit: int) -> HistoryPage:
+        """At most ``limit`` retained events right before ``before`` (or up to the head),
+        oldest first, in one Query (see ``gateway.history``)."""
+        query = bounds(before, limit)
+        if query is None:
+            return EMPTY_PAGE
+        condition = "" if query.at_most is None else "<="
+        items, more = await self._query(
+            channel,
+            seq_condition=condition,
+            seq=query.at_most or 0,
+            newest_first=True,
+            limit=query.items,
+        )
+        batches = [decode_batch(item) for item in items]
+        return page(batches, before, limit, more=more, now=self._clock())
+
     def live_events(self, batch: Batch, after_seq: int) -> list[StoredEvent]:
         """``batch``'s events after ``after_seq``; none once it has expired (TTL deletion
         lags by up to days, so readers filter expired items themselves)."""
@@ -185,13 +205,15 @@ class EventLog:
             values[":s"] = {"N": str(seq)}
         self.stats.queries += 1
         with store_errors(self._table, self._metrics, "query"):
-            response = await self._client.query(
-                TableName=self._table,
-                KeyConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ConsistentRead=True,
-                ScanIndexForward=not newest_first,
-                Limit=limit,
+            response = await self._query_path.query(
+                {
+                    "TableName": self._table,
+                    "KeyConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                    "ConsistentRead": True,
+                    "ScanIndexForward": not newest_first,
+                    "Limit": limit,
+                }
             )
         return list(response.get("Items", [])), "LastEvaluatedKey" in response

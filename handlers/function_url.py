@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.app import DEADLINE_EXTENSION
+from gateway.request_bounds import DEADLINE_EXTENSION
 
 PRELUDE_SEPARATOR = b"\0" * 8
 

@@ -22,9 +22,10 @@ from typing import Any
 from mangum import Mangum
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.app import DEADLINE_EXTENSION, create_app
+from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.metrics import metrics_for
+from gateway.request_bounds import DEADLINE_EXTENSION
 from gateway.settings import load_settings
 from gateway.store import EventLog
 from handlers.emf import EmfReporter

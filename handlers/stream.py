@@ -226,6 +226,8 @@ async def run(runtime_api: str | None) -> None:
             store = EventLog.for_settings(client, settings, metrics=metrics)
             app = create_app(settings, store, publish=False, metrics=metrics, metrics_route=False)
             reporter = EmfReporter(metrics, sys.stdout, function=settings.lambda_function_name)
+        except SettingsError as exc:  # no region or credentials: what to set
+            await _fail_start(address, exc, "Runtime.ConfigurationError")
         except Exception as exc:
             await _fail_start(address, exc, "Runtime.InitError")
         logger.info("serving %d invocation(s) at a time", settings.lambda_max_concurrency)

@@ -330,6 +330,23 @@ def sse_gateway_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "sse-gateway"), *args]
 
 
+def bare_environment(**variables: str) -> dict[str, str]:
+    """The test's environment without anything AWS or SSE_GATEWAY_, nor a config file
+    or instance metadata botocore could find credentials or a region in."""
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "SSE_GATEWAY_"))
+    }
+    return {
+        **kept,
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **variables,
+    }
+
+
 class RedisServer:
     """Debian's ``redis-server`` on a loopback port of its own, without persistence;
     ``kill`` and ``start`` again keep the port, as a restarted Redis would."""

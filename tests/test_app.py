@@ -306,6 +306,21 @@ async def test_subscribe_rejects_hostile_channel_names(
     assert response.json()["error"]["code"] == "invalid_channel"
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_an_encoded_slash_in_a_channel_answers_invalid_channel(
+    gateway: StartGateway, http: httpx.AsyncClient, method: str
+) -> None:
+    server = gateway()
+    response = await http.request(
+        method, f"{server.url}/channels/orders%2F42/events", json={"data": 1}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_channel"
+    assert "'orders/42'" in error["message"]
+    assert (await http.get(f"{server.url}/channels/a/b/c")).status_code == 404
+
+
 async def test_subscribe_treats_a_hostile_last_event_id_as_malformed(
     gateway: StartGateway, http: httpx.AsyncClient
 ) -> None:

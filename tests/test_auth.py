@@ -100,6 +100,28 @@ def test_bearer_token_prefers_header_then_query_then_cookie() -> None:
     assert bearer_token({"authorization": "bearer  h "}, {"token": "q"}, {}) == "h"
 
 
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("Token abc.def.ghi", "'Token' "),
+        ("JWT abc.def.ghi", "'JWT' "),
+        ("abc.def.ghi", ""),  # no scheme: the header may be the token itself, never shown
+    ],
+)
+def test_an_authorization_header_of_another_scheme_is_told_the_bearer_scheme(
+    header: str, named: str
+) -> None:
+    with pytest.raises(Unauthorized) as raised:
+        bearer_token({"authorization": header}, {}, {})
+    assert raised.value.message == (
+        f"the Authorization header's scheme {named}is not accepted: send "
+        "Authorization: Bearer <jwt> (or ?token=<jwt>, or the sse_token cookie)"
+    )
+    assert "abc.def" not in raised.value.message
+    # A signed request (SigV4 in Authorization) carries its JWT in ?token=.
+    assert bearer_token({"authorization": header}, {"token": "q"}, {}) == "q"
+
+
 def _keys(kind: str) -> tuple[Any, str]:
     private: Any = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -192,6 +214,20 @@ def test_authenticator_authorize_separates_subscribe_and_publish() -> None:
 
 
 StartGateway = Callable[..., GatewayServer]
+
+
+async def test_app_answers_a_token_scheme_naming_bearer(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(auth_secret=SECRET)
+    response = await http.post(
+        f"{server.url}/channels/orders:42/events",
+        json={"data": 1},
+        headers={"authorization": f"Token {mint(GRANT)}"},
+    )
+    assert response.status_code == 401
+    assert "Authorization: Bearer <jwt>" in response.json()["error"]["message"]
+    assert "'Token'" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ a real ``sse-gateway dev`` process. What the page saw is read from ``window.sseL
 from __future__ import annotations
 
 import asyncio
+import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from PIL import Image, ImageChops
 from playwright.async_api import BrowserContext
 
 from tests.browser_client import SECRET, mint
-from tests.eventstream import seq_of
+from tests.eventstream import read_session, seq_of
 from tests.servers import GatewayProcess
 
 StartProcess = Callable[..., GatewayProcess]
@@ -159,3 +161,61 @@ async def test_a_publisher_cannot_fire_the_browsers_own_open_and_error_handlers(
         assert marker.status_code == 201
     await page.wait_for_function("window.seen.markers.length === 1")
     assert await page.evaluate("window.seen") == {"opens": 1, "errors": [], "markers": ['"after"']}
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_publishes() -> list[str]:
+    """The README's own ``curl`` publish commands, joined across their continuation lines."""
+    commands, current = [], ""
+    for line in README.read_text().splitlines():
+        if current or line.startswith("curl -s -X POST localhost:8000/channels/"):
+            current += line.removesuffix("\\").strip() + " "
+            if not line.endswith("\\"):
+                commands.append(current.strip())
+                current = ""
+    return commands
+
+
+async def test_demo_page_shows_what_the_readme_publishes_with_headers_and_an_id_that_resumes(
+    gateway_process: StartProcess, browser: BrowserContext
+) -> None:
+    """A reader runs the README's curl examples, then opens the page: it shows those
+    events (the last 20 on load), under column headers, and a resume command whose id
+    resumes (no reset) right after the newest one."""
+    server = gateway_process(max_session_seconds=30)
+    commands = [c for c in _readme_publishes() if "Idempotency-Key" not in c][:2]
+    assert len(commands) == 2, commands  # the single publish and the batch
+    published: list[str] = []
+    for command in commands:
+        argv = shlex.split(command.replace("localhost:8000", f"127.0.0.1:{server.port}"))
+        curl = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(curl.communicate(), 30)
+        assert curl.returncode == 0, out
+        published += json.loads(out)["ids"]
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/")
+    await page.wait_for_function(f"window.sseLog.events.length >= {len(published)}")
+    rows = [
+        await row.locator("span").all_inner_texts()
+        for row in await page.locator("#events li").all()
+    ]
+    assert [row[1] for row in reversed(rows)] == published  # newest on top
+    assert {row[0] for row in rows} == {"orders:42"}
+    headers = await page.locator(".columns span").all_inner_texts()
+    assert headers == ["channel", "id", "event type", "data"]
+    log = await page.evaluate("window.sseLog")
+    assert log["resets"] == [] and log["errors"] == []
+
+    resume = await page.locator("#resume code").inner_text()
+    assert (
+        resume == f"curl -N '{server.url}/channels/orders:42/events?last_event_id={published[-1]}'"
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        later = await client.post(f"{server.url}/channels/orders:42/events", json={"data": "later"})
+        url = shlex.split(resume)[-1]
+        session = await read_session(client, url, stop=lambda events: bool(events))
+    assert [(e.type, e.last_event_id) for e in session.events] == [
+        ("message", later.json()["ids"][0])
+    ]

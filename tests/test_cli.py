@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from gateway.dynamodb import open_dynamodb
+from gateway.settings import Settings
+from infra.local import local_session
+from infra.table import ensure_table
 from tests.eventstream import EventStreamParser
-from tests.servers import free_port, sse_gateway_command
+from tests.servers import bare_environment, free_port, sse_gateway_command
+
+README = Path(__file__).parent.parent / "README.md"
 
 
 @pytest.fixture
@@ -73,6 +85,12 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     assert "serving on the uvloop event loop with the httptools HTTP parser" in output
 
 
+async def _create_table(settings: Settings) -> Settings:
+    async with open_dynamodb(settings, local_session()) as client:
+        await ensure_table(client, settings.table_name)
+    return settings
+
+
 @pytest.mark.parametrize(
     ("flags", "stack", "logged"),
     [
@@ -81,12 +99,17 @@ def test_dev_serves_demo_page_publish_and_stream_then_stops_on_ctrl_c(
     ],
 )
 def test_serve_runs_on_the_stack_asked_and_logs_requests_unless_told_not_to(
-    dynamodb_endpoint: str, flags: list[str], stack: str, logged: bool
+    make_settings: Callable[..., Settings],
+    flags: list[str],
+    stack: str,
+    logged: bool,
 ) -> None:
     port = free_port()
+    table = asyncio.run(_create_table(make_settings()))  # serve starts only on a table it can read
     env = {
         **os.environ,
-        "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "SSE_GATEWAY_DYNAMODB_ENDPOINT_URL": str(table.dynamodb_endpoint_url),
+        "SSE_GATEWAY_TABLE_NAME": table.table_name,
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -143,3 +166,81 @@ def test_invalid_setting_fails_at_start_naming_the_variable(
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def readme_block(marker: str) -> str:
+    """The code block that follows ``<!-- marker -->`` in the README."""
+    found = re.search(rf"<!-- {re.escape(marker)} -->\n```\w+\n(.*?)```", README.read_text(), re.S)
+    assert found is not None, marker
+    return found[1]
+
+
+def test_the_readme_tour_and_its_python_snippet_run_as_written_against_dev(
+    tmp_path: Path,
+) -> None:
+    """What a newcomer does: ``dev`` in one shell, the README's commands in another."""
+    port = free_port()
+    env = bare_environment(SSE_GATEWAY_MAX_SESSION_SECONDS="1")  # no AWS anything
+    process = subprocess.Popen(
+        sse_gateway_command("dev", "--port", str(port)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        exports = next(line for line in process.stdout if line.startswith("export "))
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep it drained
+        variables = dict(word.split("=", 1) for word in exports.split()[1:])
+        base = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                httpx.get(f"{base}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def run(script: str) -> str:
+            done = subprocess.run(
+                ["bash", "-e", "-c", script.replace("localhost:8000", base)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        # Publish: the answers hold consecutive ids.
+        output = run(readme_block("README tour: publish"))
+        one, end = json.JSONDecoder().raw_decode(output)  # curl -s adds no newline
+        (first,), second = one["ids"], json.loads(output[end:])["ids"]
+        epoch = first.split("-")[0]
+        assert [first, *second] == [f"{epoch}-{seq}" for seq in (1, 2, 3)]
+
+        # From Python, as written, with the exports dev printed.
+        (tmp_path / "publish.py").write_text(readme_block("README snippet: from Python"))
+        python = [sys.executable, "publish.py"]
+        done = subprocess.run(
+            python, cwd=tmp_path, env={**env, **variables}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [f"{epoch}-{seq}" for seq in (4, 5, 6, 7)]
+        # Without them, it says what to set.
+        bare = subprocess.run(python, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert "SettingsError: no AWS region" in bare.stderr
+        assert "SSE_GATEWAY_DYNAMODB_REGION" in bare.stderr
+        assert "NoRegionError" not in bare.stderr
+
+        # Resume, with the README's command and the first id: every event after it.
+        resume = re.search(r"curl -N .*'Last-Event-ID: (\S+)'", README.read_text())
+        assert resume is not None
+        parser = EventStreamParser()
+        events = parser.feed(run(resume[0].replace(resume[1], first)).encode())
+        assert [event.last_event_id for event in events] == [
+            f"{epoch}-{seq}" for seq in range(2, 8)
+        ]
+        assert parser.retry is not None  # the session ended itself
+    finally:
+        process.kill()
+        process.wait()

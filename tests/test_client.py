@@ -79,6 +79,9 @@ async def test_client_delivers_every_event_once_across_channels_sessions_and_tok
     )
     await page.wait_for_function("window.seen.message.length >= 120", timeout=30_000)
     await asyncio.sleep(2)  # another session and another token: a late duplicate shows by now
+    # Open again: every refusal so far has had its new token (a 401 is reported before
+    # the backoff that precedes the token call, which a loaded machine stretches).
+    await page.wait_for_function("window.stream.state === 'open'", timeout=15_000)
     log = await seen(page)
 
     assert _by_channel(log["message"]) == dict(zip(channels, batches, strict=True))
@@ -327,3 +330,110 @@ async def test_client_backs_off_while_the_gateway_is_unavailable_then_resumes_wi
         "jobs:1": [i for ids in before for i in ids] + during[0],
         "jobs:2": during[1] + after,
     }
+
+
+async def test_client_rewinds_each_channel_then_follows_without_loss_or_repeat(
+    gateway_process: StartProcess, browser: BrowserContext, http: httpx.AsyncClient
+) -> None:
+    """rewind renders the last N of each channel and follows on from there, across
+    sessions and token expiries (each resumes at the cursor, none rewinds again)."""
+    server = gateway_process(max_session_seconds=1.5, retry_ms=100, **AUTH)
+    before = {
+        "orders:1": await _publish_paced(http, server.url, "orders:1", 25, 0),
+        "user:7": await _publish_paced(http, server.url, "user:7", 3, 0),
+    }
+    tokens = Tokens(subscribe=["orders:*", "user:7"], ttl=3)
+    page = await browser.new_page()
+    await open_stream(
+        page, server.url, tokens, channels=list(before), rewind=20, backoff={"initialMs": 200}
+    )
+    await page.wait_for_function("window.seen.message.length >= 23", timeout=15_000)
+    live = await asyncio.gather(
+        *(_publish_paced(http, server.url, channel, 12, 0.3) for channel in before)
+    )
+    await page.wait_for_function("window.seen.message.length >= 47", timeout=30_000)
+    await asyncio.sleep(2)  # another session and another token: a repeat shows by now
+    log = await seen(page)
+
+    assert _by_channel(log["message"]) == {
+        "orders:1": before["orders:1"][-20:] + live[0],
+        "user:7": before["user:7"] + live[1],
+    }
+    assert log["reset"] == []  # the rewind's own start is no reset to the page
+    assert log["state"].count("open") >= 3
+    assert any(e["status"] == 401 for e in log["error"])  # a token expired on the way
+
+
+_HISTORY = """async ({ channel, options }) => {
+  const { history } = await import("/sse-gateway.js");
+  try {
+    return await history(channel, options);
+  } catch (err) {
+    return { error: { name: err.name, status: err.status, code: err.code, message: err.message } };
+  }
+}"""
+
+
+async def test_client_history_pages_back_with_the_token_and_says_why_it_fails(
+    gateway_process: StartProcess,
+    gateway: Callable[..., GatewayServer],
+    browser: BrowserContext,
+    http: httpx.AsyncClient,
+) -> None:
+    server = gateway_process(**AUTH)
+    published = await _publish_paced(http, server.url, "orders:9", 17, 0)
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/healthz")
+    await page.expose_function("mintToken", Tokens(subscribe=["orders:*"]))
+    pages, before = [], None
+    while True:
+        options = {"limit": 5, "before": before, "token": mint(subscribe=["orders:9"])}
+        answer = await page.evaluate(_HISTORY, {"channel": "orders:9", "options": options})
+        pages.append(answer)
+        if answer["next_before"] is None:
+            break
+        before = answer["next_before"]
+    events = [e for answer in reversed(pages) for e in answer["events"]]
+    assert [(e["id"], e["event"], e["data"]) for e in events] == published
+    assert all(e["channel"] == "orders:9" for e in events)
+    assert len(pages) == 4
+
+    refused = await page.evaluate(
+        _HISTORY, {"channel": "orders:9", "options": {"limit": 0, "token": mint(["orders:9"])}}
+    )
+    assert refused["error"]["name"] == "HistoryError"
+    assert (refused["error"]["status"], refused["error"]["code"]) == (400, "invalid_limit")
+    unauthorized = await page.evaluate(_HISTORY, {"channel": "orders:9", "options": {}})
+    assert (unauthorized["error"]["status"], unauthorized["error"]["code"]) == (401, "unauthorized")
+
+    # From a page of another origin that the gateway does not allow: what to change.
+    other = gateway()
+    await page.goto(f"{other.url}/healthz")
+    blocked = await page.evaluate(
+        _HISTORY,
+        {"channel": "orders:9", "options": {"url": server.url, "token": mint(["orders:9"])}},
+    )
+    assert blocked["error"]["code"] == "network_error"
+    assert f"add {other.url} to its SSE_GATEWAY_CORS_ALLOWED_ORIGINS" in blocked["error"]["message"]
+
+
+async def test_a_stream_the_gateway_refuses_cross_origin_says_which_origin_to_allow(
+    gateway: Callable[..., GatewayServer], browser: BrowserContext
+) -> None:
+    allowed, page_origin = gateway(cors_allowed_origins=["http://localhost:3000"]), gateway()
+    page = await browser.new_page()
+    await page.goto(f"{page_origin.url}/healthz")
+    await page.evaluate(
+        """async (url) => {
+          const { connect } = await import("/sse-gateway.js");
+          window.errors = [];
+          const stream = connect({ url, channels: ["c"], backoff: { initialMs: 60000 } });
+          stream.addEventListener("error", (e) => window.errors.push(e.detail));
+        }""",
+        f"{allowed.url}/events",
+    )
+    await page.wait_for_function("window.errors.length >= 1", timeout=15_000)
+    (failure,) = await page.evaluate("window.errors")
+    assert (failure["code"], failure["retrying"]) == ("network_error", True)
+    assert f"add {page_origin.url} to its SSE_GATEWAY_CORS_ALLOWED_ORIGINS" in failure["message"]
+    assert "localhost and 127.0.0.1 are different origins" in failure["message"]

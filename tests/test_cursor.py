@@ -8,10 +8,13 @@ from gateway.cursor import (
     ResetReason,
     Start,
     Step,
+    invalid_start,
     new_epoch,
     parse_event_id,
     resolve_position,
     resolve_start,
+    rewind_start,
+    rewound_cursor,
     step,
 )
 
@@ -167,3 +170,51 @@ def test_an_epoch_opened_above_another_takes_the_next_fingerprint(above: str) ->
 def test_the_fingerprint_after_the_last_one_wraps_to_the_first() -> None:
     opened = new_epoch("fff01234")
     assert opened[:3] == "000" and len(opened) == 8
+
+
+@pytest.mark.parametrize(
+    ("rewind", "since", "cursor"),
+    [(0, 1, 42), (1, 1, 41), (10, 1, 32), (42, 1, 0), (1000, 1, 0), (10, 40, 39), (2, 40, 40)],
+)
+def test_a_rewind_counts_back_from_the_head_no_further_than_its_epoch(
+    rewind: int, since: int, cursor: int
+) -> None:
+    start = resolve_start(None, HEAD, since, rewind)
+    assert start == Start(
+        Position(HEAD.epoch, cursor), fresh=True, rewound_from=HEAD if rewind else None
+    )
+    assert start.client_position == Position(HEAD.epoch, cursor)
+
+
+def test_a_rewind_of_an_empty_log_starts_before_its_first_event() -> None:
+    assert rewind_start(EMPTY, 1, 20) == Start(EMPTY, fresh=True)
+
+
+def test_a_position_of_ours_ignores_the_rewind() -> None:
+    assert resolve_start("0a1b2c3d-40", HEAD, 1, 20) == Start(Position(HEAD.epoch, 40))
+
+
+def test_an_id_not_ours_starts_where_a_rewind_does_with_a_reset() -> None:
+    start = resolve_start("garbage", HEAD, 1, 5)
+    assert start == invalid_start(HEAD, 1, 5)
+    assert start == Start(Position(HEAD.epoch, 37), reset=ResetReason.INVALID_ID, rewound_from=HEAD)
+    assert start.client_position == EMPTY  # nothing is claimed before the reset
+
+
+@pytest.mark.parametrize(
+    ("epoch", "seq", "stands_at"),
+    [
+        (HEAD.epoch, 33, 32),  # the rewind's first event: no gap
+        (HEAD.epoch, 40, 39),  # older ones expired: the retained log begins here
+        (HEAD.epoch, 42, 41),
+        (HEAD.epoch, 43, 42),  # nothing of the window retained: at the head
+        ("0b000000", 43, 42),  # a new epoch above: as a reader at the head
+        ("0b000000", 1, 42),  # the log started over: as a reader at the head
+    ],
+)
+def test_a_rewound_reader_stands_right_before_the_first_retained_event_of_its_window(
+    epoch: str, seq: int, stands_at: int
+) -> None:
+    cursor = Position(HEAD.epoch, 32)
+    expected = Position(HEAD.epoch, stands_at)
+    assert rewound_cursor(cursor, HEAD, epoch, seq) == expected

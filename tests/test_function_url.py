@@ -14,8 +14,8 @@ import pytest
 import uvicorn
 from starlette.requests import Request
 
-from gateway.app import DEADLINE_EXTENSION
 from gateway.auth import bearer_token
+from gateway.request_bounds import DEADLINE_EXTENSION
 from handlers.function_url import PRELUDE_SEPARATOR, InvalidEvent, prelude, to_asgi
 from tests.lambda_events import load_event
 

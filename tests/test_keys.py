@@ -126,6 +126,42 @@ def test_the_secret_arn_is_checked_before_anything_is_read(
     assert fault_proxy.seen == []
 
 
+NOTIFY_VARIABLE = "SSE_GATEWAY_NOTIFY_URL_ARN"
+NOTIFY_URL = "rediss://default:a-token-kept-in-aws@cache.example:6379/0"
+
+
+@pytest.mark.parametrize("store", [_secret, _parameter])
+def test_the_notify_url_is_read_from_its_arn(
+    aws: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch, store: Any
+) -> None:
+    monkeypatch.setenv(NOTIFY_VARIABLE, store(aws, NOTIFY_URL))
+    settings = load_settings()
+    assert settings.notify_url is not None
+    assert settings.notify_url.get_secret_value() == NOTIFY_URL
+    assert "a-token-kept" not in repr(settings) and "a-token-kept" not in str(settings)
+    assert settings.auth_secret is None  # one secret read does not stand for the other
+
+
+def test_a_notify_url_arn_holding_no_redis_url_is_refused_without_printing_it(
+    aws: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NOTIFY_VARIABLE, _secret(aws, "https://user:leaky-password@cache:6379"))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert NOTIFY_VARIABLE in raised.value.message and "redis://" in raised.value.message
+    assert "leaky" not in "".join(traceback.format_exception(raised.value))
+
+
+def test_the_notify_url_and_its_arn_are_not_both_set(
+    aws: Callable[[str], Any], fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NOTIFY_VARIABLE, _secret(aws, NOTIFY_URL))
+    monkeypatch.setenv("SSE_GATEWAY_NOTIFY_URL", "redis://:leaky-password@127.0.0.1:6379")
+    with pytest.raises(SettingsError, match="NOTIFY_URL or SSE_GATEWAY_NOTIFY_URL_ARN, not both"):
+        load_settings()
+    assert fault_proxy.seen == []  # refused before anything is read
+
+
 def test_an_unfetched_secret_arn_never_means_an_empty_key() -> None:
     from gateway.auth import Authenticator
 

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,6 +208,62 @@ async def test_nextjs_strict_mode_double_mount_opens_one_connection(
     assert [s.kind for s in requests.sent] == ["eventsource"]
     assert len(token_requests.sent) == 1
     assert list(await _shown(page)) == ["news"]
+
+
+async def test_nextjs_page_renders_the_last_20_server_side_then_follows_without_a_gap(
+    next_server: Callable[..., tuple[NextServer, GatewayProcess]],
+    browser: BrowserContext,
+    http: httpx.AsyncClient,
+) -> None:
+    """The server renders each channel's last 20 (history); the browser's stream rewinds
+    20 and follows on from the newest rendered event. The page's scripts are held back
+    while 25 more are published: more than the rewind reaches, so the client reads the
+    rest with history(), and every event is listed once, in order."""
+    server, gateway = next_server("start", token_ttl=300, max_session_seconds=30)
+
+    async def publish_many(channel: str, count: int, start: int) -> list[tuple[str, object]]:
+        published = []
+        for n in range(start, start + count):
+            (event_id,) = await publish(
+                http, gateway.url, channel, {"data": {"n": n}}, **bearer(PUBLISHER)
+            )
+            published.append((event_id, {"n": n}))
+        return published
+
+    old = {"news": await publish_many("news", 30, 0), "user:7": await publish_many("user:7", 3, 0)}
+    html = (await http.get(server.url)).text  # no script runs here: what the server rendered
+    for channel, events in old.items():
+        for event_id, _ in events[-20:]:
+            assert f'data-channel="{channel}" data-id="{event_id}"' in html
+        for event_id, _ in events[:-20]:
+            assert f'data-id="{event_id}"' not in html
+
+    scripts_held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold_scripts(route: Any) -> None:
+        scripts_held.set()
+        await release.wait()
+        await route.continue_()
+
+    page = await browser.new_page()
+    await page.route("**/_next/static/**/*.js", hold_scripts)
+    loading = asyncio.create_task(page.goto(server.url))
+    await asyncio.wait_for(scripts_held.wait(), 60)
+    between = await publish_many("news", 25, 30)  # rendered, not yet connected
+    release.set()
+    await loading
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=state]')?.textContent === 'open'", timeout=30_000
+    )
+    live = await publish_many("news", 3, 55)
+    expected = {"news": old["news"][-20:] + between + live, "user:7": old["user:7"]}
+    await page.wait_for_function(
+        f"document.querySelectorAll('li[data-id]').length >= {sum(map(len, expected.values()))}",
+        timeout=20_000,
+    )
+    await asyncio.sleep(1)  # a late duplicate would be listed by now
+    assert await _shown(page) == expected
 
 
 def test_client_declarations_type_check(built_example: Path) -> None:

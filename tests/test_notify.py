@@ -6,7 +6,6 @@ order, or a ``reset`` says where it was lost."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +18,7 @@ from redis.asyncio import Redis
 
 from gateway import notify
 from gateway.dynamodb import open_dynamodb
-from gateway.items import StoredEvent
-from gateway.notify import MAX_NOTIFICATION_BYTES, decode, encode, pubsub_channel
+from gateway.notification import encode, pubsub_channel
 from gateway.publisher import open_publisher
 from gateway.settings import Settings
 from infra.local import local_session
@@ -94,38 +92,6 @@ def sample(server: GatewayServer, name: str, **labels: str) -> float:
 
 def messages(events: list[MessageEvent]) -> list[str]:
     return [e.last_event_id for e in events if e.type == "message"]
-
-
-def stored(seq: int, epoch: str = "e1", data: str = '"x"') -> StoredEvent:
-    return StoredEvent(epoch, seq, data, event="t", since=1, appended_at=1.5)
-
-
-def test_a_notification_carries_the_events_and_above_the_bound_only_the_newest() -> None:
-    events = [stored(seq) for seq in range(4, 8)]
-    assert decode(encode("p1", events)) == ("p1", events)
-    big = [stored(seq, data=json.dumps("x" * 30_000)) for seq in range(1, 5)]
-    body = encode("p1", big)
-    assert len(body) <= MAX_NOTIFICATION_BYTES
-    assert decode(body) == ("p1", big[2:])  # the new end, two of ~30 KB
-    too_big = [stored(1, data=json.dumps("x" * MAX_NOTIFICATION_BYTES))]
-    assert decode(encode("p1", too_big)) == ("p1", [])  # a bare wake-up
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b"not json",
-        b'{"from": "p", "events": {"epoch": "e"}}',
-        b'{"from": "p", "events": [{"epoch": "e", "seq": "1"}]}',
-        b"\xff\xfe",
-        # Not one append's events: a gap, and two epochs.
-        encode("p", [stored(1), stored(3)]),
-        encode("p", [stored(1), stored(2, epoch="e2")]),
-    ],
-)
-def test_decode_refuses_what_no_append_would_send(payload: bytes) -> None:
-    with pytest.raises(ValueError):
-        decode(payload)
 
 
 async def test_another_process_delivers_a_notifications_events_without_a_query(

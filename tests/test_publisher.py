@@ -20,7 +20,7 @@ from infra.local import local_session
 from tests.iam import iam_actions, record_publisher
 from tests.servers import FaultProxy
 
-README = Path(__file__).parent.parent / "README.md"
+DEPLOY_PAGE = Path(__file__).parent.parent / "docs" / "deploy-aws.md"
 
 
 async def test_open_publisher_appends_through_the_python_api(
@@ -89,7 +89,7 @@ async def test_publish_with_an_idempotency_key_returns_the_original_ids(
     assert [e.event_id for e in page.events] == [first, *batch]
 
 
-async def test_the_readme_policy_for_open_publisher_grants_exactly_what_it_does(
+async def test_the_documented_policy_for_open_publisher_grants_exactly_what_it_does(
     make_settings: Callable[..., Settings],
     open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
     fault_proxy: FaultProxy,
@@ -98,7 +98,7 @@ async def test_the_readme_policy_for_open_publisher_grants_exactly_what_it_does(
     settings = make_settings()
     used = iam_actions(await record_publisher(fault_proxy, settings, open_log), settings.table_name)
     block = re.search(
-        r"<!-- open_publisher IAM policy -->\n```json\n(.*?)```", README.read_text(), re.S
+        r"<!-- open_publisher IAM policy -->\n```json\n(.*?)```", DEPLOY_PAGE.read_text(), re.S
     )
     assert block is not None
     (statement,) = json.loads(block[1])["Statement"]
@@ -107,3 +107,31 @@ async def test_the_readme_policy_for_open_publisher_grants_exactly_what_it_does(
     assert re.fullmatch(
         r"arn:aws:dynamodb:<region>:<account>:table/<[A-Za-z]+>", statement["Resource"]
     )
+
+
+async def test_history_through_the_python_api_is_the_http_answer(
+    make_settings: Callable[..., Settings],
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+) -> None:
+    async with open_log(), open_publisher(make_settings(), local_session()) as publisher:
+        ids = [await publisher.publish("feed:1", {"n": n}) for n in range(3)]
+        ids += await publisher.publish_many(
+            "feed:1", [{"event": "e", "data": [n]} for n in range(3)]
+        )
+        newest = await publisher.history("feed:1", limit=4)
+        older = await publisher.history("feed:1", limit=4, before=newest["next_before"])
+        with pytest.raises(InvalidInput, match="limit must be a whole number from 1 to 1000"):
+            await publisher.history("feed:1", limit=0)
+        with pytest.raises(InvalidInput, match="before must be an event id"):
+            await publisher.history("feed:1", before="latest")
+        with pytest.raises(InvalidInput, match="channel name"):
+            await publisher.history("feed 1")
+    assert newest == {
+        "events": [{"id": ids[2], "event": None, "data": {"n": 2}}]
+        + [{"id": ids[3 + n], "event": "e", "data": [n]} for n in range(3)],
+        "next_before": ids[2],
+    }
+    assert older == {
+        "events": [{"id": ids[n], "event": None, "data": {"n": n}} for n in range(2)],
+        "next_before": None,
+    }

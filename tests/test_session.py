@@ -492,3 +492,180 @@ async def test_a_session_refused_by_the_feed_limit_pays_no_store_call_and_backs_
         assert session.retry is not None and 10_000 <= session.retry <= 20_000
     assert len({session.retry for session in refused}) > 1  # jittered, not in step
     assert joined.status == 200 and joined.last_event_id == "0"  # a followed channel: room kept
+
+
+async def _channel_of(
+    http: httpx.AsyncClient, url: str, channel: str, sizes: list[int]
+) -> list[str]:
+    ids: list[str] = []
+    for size in sizes:
+        body = {"events": [{"data": [channel, len(ids) + i]} for i in range(size)]}
+        ids += await publish(http, url, channel, body)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("rewind", "sizes", "expected"),
+    [
+        (0, [1] * 6, 0),  # at the head, as without rewind
+        (3, [1] * 6, 3),  # within the newest items
+        (5, [2, 3, 4], 5),  # within, starting inside a batch
+        (1000, [1, 2, 3], 6),  # beyond: the whole log
+    ],
+)
+async def test_a_rewound_session_starts_that_many_events_before_the_head_then_follows(
+    gateway: StartGateway, http: httpx.AsyncClient, rewind: int, sizes: list[int], expected: int
+) -> None:
+    server = gateway(max_session_seconds=10)
+    ids = await _channel_of(http, server.url, "r", sizes)
+    live: list[str] = []
+
+    async def publish_live() -> None:
+        await asyncio.sleep(0.3)
+        live.extend(await publish(http, server.url, "r", {"data": "live"}))
+
+    publishing = asyncio.create_task(publish_live())
+    session = await read_session(
+        http,
+        f"{server.url}/channels/r/events",
+        params={"rewind": str(rewind)},
+        stop=lambda events: any(e.data == '"live"' for e in events),
+    )
+    await publishing
+    rewound = ids[len(ids) - expected :]
+    assert [e.type for e in session.events] == ["message"] * (expected + 1)  # no reset
+    assert [e.last_event_id for e in session.events] == rewound + live
+
+
+async def test_a_rewind_past_what_ttl_deleted_starts_at_the_oldest_retained_event(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    ids = await _channel_of(http, server.url, "t", [2, 1, 3])  # items at 1, 3, 4
+    await delete_items(server.settings, "t", [1, 3])  # TTL took the oldest items
+    for params in ({"rewind": "1000"}, {"rewind": "5"}):
+        session = await read_session(http, f"{server.url}/channels/t/events", params=params)
+        assert [(e.type, e.last_event_id) for e in session.events] == [
+            ("message", i) for i in ids[3:]
+        ]
+
+
+async def test_a_rewind_is_ignored_when_the_client_holds_a_position(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    ids = await _channel_of(http, server.url, "p", [1] * 8)
+    url = f"{server.url}/channels/p/events"
+    resumed = await read_session(http, url, last_event_id=ids[5], params={"rewind": "6"})
+    assert [e.last_event_id for e in resumed.events] == ids[6:]
+    by_query = await read_session(http, url, params={"rewind": "6", "last_event_id": ids[6]})
+    assert [e.last_event_id for e in by_query.events] == ids[7:]
+    # An id that is not ours is no position: a reset, then where a rewind starts.
+    invalid = await read_session(http, url, params={"rewind": "2", "last_event_id": "*"})
+    reset, *events = invalid.events
+    assert json.loads(reset.data)["reason"] == "invalid_last_event_id"
+    assert reset.last_event_id == ids[5]
+    assert [e.last_event_id for e in events] == ids[6:]
+
+
+async def test_a_rewound_session_that_ends_before_its_first_event_resumes_from_its_start(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    """The session's first frame carries the rewind's start, so EventSource's reconnect
+    (Last-Event-ID, and the same URL with its rewind) neither rewinds again nor skips."""
+    server = gateway(max_session_seconds=0.5)
+    ids = await _channel_of(http, server.url, "s", [4])
+    first = await read_session(
+        http, f"{server.url}/channels/s/events", params={"rewind": "3"}, stop=lambda e: False
+    )
+    assert [e.last_event_id for e in first.events] == ids[1:]
+    cut = await read_session(
+        http,
+        f"{server.url}/channels/s/events",
+        params={"rewind": "3"},
+        stop=lambda events: True,  # gone after the first chunk: the start's id alone
+    )
+    assert cut.events == [] and cut.last_event_id == ids[0]
+    again = await read_session(
+        http, f"{server.url}/channels/s/events", params={"rewind": "3"}, last_event_id=ids[0]
+    )
+    assert [e.last_event_id for e in again.events] == ids[1:]
+
+
+async def test_a_multi_channel_rewind_counts_back_per_channel_and_a_cursor_ignores_it(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    server = gateway(max_session_seconds=0.5)
+    a = await _channel_of(http, server.url, "a", [3, 1, 4])
+    b = await _channel_of(http, server.url, "b", [2])
+    url = f"{server.url}/events?channel=a&channel=b&channel=empty&rewind=4"
+    first = await read_session(http, url)
+    assert all(e.type == "message" for e in first.events)
+    by_channel = {c: [e["id"] for e in _envelopes(first.events) if e["channel"] == c] for c in "ab"}
+    assert by_channel == {"a": a[-4:], "b": b}
+    later = await _channel_of(http, server.url, "b", [1])
+    resumed = await read_session(http, url, last_event_id=first.last_event_id)
+    assert [(e["channel"], e["id"]) for e in _envelopes(resumed.events)] == [("b", later[0])]
+    # A channel the cursor does not hold is fresh: it alone rewinds.
+    c = await _channel_of(http, server.url, "c", [1, 1])
+    added = await read_session(
+        http,
+        f"{server.url}/events?channel=a&channel=b&channel=c&rewind=1",
+        last_event_id=resumed.last_event_id,
+    )
+    assert [(e["channel"], e["id"]) for e in _envelopes(added.events)] == [("c", c[-1])]
+
+
+def _reads(proxy: FaultProxy, channel: str) -> list[str]:
+    """The session's Query requests for ``channel``, without the channel's name (the
+    feed's polls, which look only past the head, are left out)."""
+    bodies = []
+    for body in _queried(proxy, channel):
+        request = json.loads(body)
+        request["ExpressionAttributeValues"][":c"] = {"S": "?"}
+        bodies.append(json.dumps(request, sort_keys=True))
+    return bodies
+
+
+@pytest.mark.parametrize(("sizes", "rewind"), [([1] * 10, 3), ([4, 4, 4], 6), ([2, 5], 1)])
+async def test_a_rewind_costs_the_queries_of_a_resume_from_where_it_starts(
+    gateway: StartGateway,
+    http: httpx.AsyncClient,
+    fault_proxy: FaultProxy,
+    sizes: list[int],
+    rewind: int,
+) -> None:
+    # Polls far apart: each channel's feed polls once, as it starts.
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=30,
+        poll_max_seconds=60,
+        max_session_seconds=1,
+    )
+    rewound = await _channel_of(http, server.url, "rewound", sizes)
+    resumed = await _channel_of(http, server.url, "resumed", sizes)
+    start = len(resumed) - rewind - 1
+    fault_proxy.traced.clear()
+    one = await read_session(
+        http, f"{server.url}/channels/rewound/events", params={"rewind": str(rewind)}
+    )
+    other = await read_session(
+        http, f"{server.url}/channels/resumed/events", last_event_id=resumed[start]
+    )
+    assert [e.last_event_id for e in one.events] == rewound[-rewind:]
+    assert [e.last_event_id for e in other.events] == resumed[-rewind:]
+    assert sorted(_reads(fault_proxy, "rewound")) == sorted(_reads(fault_proxy, "resumed"))
+    assert _reads(fault_proxy, "rewound")  # what is compared reached the store
+
+
+@pytest.mark.parametrize("path", ["/channels/c/events", "/events?channel=c"])
+@pytest.mark.parametrize("rewind", ["-1", "1001", "x", ""])
+async def test_a_bad_rewind_is_refused_naming_it_before_any_store_call(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy, path: str, rewind: str
+) -> None:
+    server = gateway(dynamodb_endpoint_url=fault_proxy.url)
+    response = await http.get(f"{server.url}{path}{'&' if '?' in path else '?'}rewind={rewind}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_rewind" and "rewind" in error["message"]
+    assert _queried(fault_proxy, "c") == []

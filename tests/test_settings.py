@@ -14,7 +14,7 @@ from pydantic import SecretStr, TypeAdapter
 from gateway.errors import SettingsError
 from gateway.settings import Settings, load_settings, variable_names
 
-README = Path(__file__).parent.parent / "README.md"
+SETTINGS_PAGE = Path(__file__).parent.parent / "docs" / "settings.md"
 
 
 def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,8 +142,8 @@ def test_every_setting_says_what_it_is() -> None:
         assert field.description and len(field.description) > 10, name
 
 
-def test_the_readme_settings_table_lists_every_setting_with_its_default() -> None:
-    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", README.read_text(), re.MULTILINE)
+def test_the_settings_page_lists_every_setting_with_its_default() -> None:
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", SETTINGS_PAGE.read_text(), re.MULTILINE)
     table = dict(rows)
     assert len(table) == len(rows), "a variable is listed twice"
     variables = variable_names(Settings)

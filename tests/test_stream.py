@@ -269,6 +269,21 @@ async def test_stream_reports_invalid_settings_to_init_error(runtime: Runtime) -
     assert "SSE_GATEWAY_RETRY_MS" in error["errorMessage"]
 
 
+async def test_stream_reports_missing_credentials_as_a_configuration_error(
+    runtime: Runtime,
+) -> None:
+    unset = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": ""}
+    nowhere = {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    async with runtime(warm=False, AWS_EC2_METADATA_DISABLED="true", **unset, **nowhere) as (
+        emulator,
+        runtime_process,
+    ):
+        headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)
+        assert await asyncio.wait_for(runtime_process.process.wait(), 20) == 1
+    assert headers["lambda-runtime-function-error-type"] == "Runtime.ConfigurationError"
+    assert error["errorMessage"].startswith("no AWS credentials: set AWS_ACCESS_KEY_ID")
+
+
 async def test_stream_reports_an_unknown_variable_to_init_error(runtime: Runtime) -> None:
     async with runtime(warm=False, SSE_GATEWAY_HEARTBEAT_SECOND="5") as (emulator, _):
         headers, error = await asyncio.wait_for(emulator.init_errors.get(), 20)

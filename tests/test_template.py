@@ -25,6 +25,7 @@ from tests.iam import OpenLog, iam_actions, record_publish_function, record_subs
 from tests.servers import FaultProxy
 
 ROOT = Path(__file__).parent.parent
+DEPLOY_PAGE = ROOT / "docs" / "deploy-aws.md"
 FUNCTIONS = ("SubscribeFunction", "ManagedSubscribeFunction", "PublishFunction")
 
 
@@ -165,20 +166,26 @@ def test_template_lets_each_function_read_its_secret_and_no_other(
         return [s for s in statements if s["Resource"] != {"GetAtt": "EventsTable.Arn"}]
 
     assert other_grants() == []
-    for service, arn in SECRET_ARNS.items():
-        grant = {"Effect": "Allow", "Action": READ_ACTIONS[service], "Resource": arn}
-        assert other_grants(AuthSecretArn=arn) == [grant]
-        # The value the function reads the secret from, as Settings accepts it.
-        variables = template["Globals"]["Function"]["Environment"]["Variables"]
-        passed = _evaluate(
-            variables[f"{ENV_PREFIX}AUTH_SECRET_ARN"],
-            _parameters(template, AuthSecretArn=arn),
-            template,
-        )
-        assert Settings(auth_secret_arn=passed).auth_enabled
-    pattern = template["Parameters"]["AuthSecretArn"]["AllowedPattern"]
-    assert all(re.fullmatch(pattern, arn) for arn in [*SECRET_ARNS.values(), ""])
-    assert not re.fullmatch(pattern, "arn:aws:s3:::bucket/secret")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for parameter, setting in [
+        ("AuthSecretArn", "auth_secret_arn"),
+        ("NotifyUrlArn", "notify_url_arn"),
+    ]:
+        for service, arn in SECRET_ARNS.items():
+            grant = {"Effect": "Allow", "Action": READ_ACTIONS[service], "Resource": arn}
+            assert other_grants(**{parameter: arn}) == [grant]
+            # The value the function reads the secret from, as Settings accepts it.
+            passed = _evaluate(
+                variables[f"{ENV_PREFIX}{setting.upper()}"],
+                _parameters(template, **{parameter: arn}),
+                template,
+            )
+            assert getattr(Settings(**{setting: passed}), setting) == arn
+        pattern = template["Parameters"][parameter]["AllowedPattern"]
+        assert all(re.fullmatch(pattern, arn) for arn in [*SECRET_ARNS.values(), ""])
+        assert not re.fullmatch(pattern, "arn:aws:s3:::bucket/secret")
+    both = {"AuthSecretArn": SECRET_ARNS["ssm"], "NotifyUrlArn": SECRET_ARNS["secretsmanager"]}
+    assert len(other_grants(**both)) == 2
 
 
 def test_template_session_deadline_follows_the_timeout(template: dict[str, Any]) -> None:
@@ -348,6 +355,16 @@ def test_template_as_it_is_refuses_to_deploy_without_auth(template: dict[str, An
     assert template["Parameters"]["AuthSecret"]["NoEcho"] is True
 
 
+def test_template_takes_the_notify_url_or_its_arn_not_both(template: dict[str, Any]) -> None:
+    auth = {"AuthSecret": SECRET}
+    arn = {"NotifyUrlArn": SECRET_ARNS["secretsmanager"]}
+    assert _refused(template, **auth, **arn) == []
+    assert _refused(template, **auth, NotifyUrl="rediss://:t@cache:6379") == []
+    (refusal,) = _refused(template, **auth, **arn, NotifyUrl="rediss://:t@cache:6379")
+    assert "not both" in refusal
+    assert template["Parameters"]["NotifyUrl"]["NoEcho"] is True
+
+
 def test_template_says_in_its_outputs_who_may_subscribe(template: dict[str, Any]) -> None:
     output = template["Outputs"]["SubscribeAuth"]["Value"]
     anonymous = _evaluate(output, _parameters(template, AllowAnonymousSubscribe="true"), template)
@@ -444,6 +461,24 @@ def test_template_functions_are_built_for_their_own_python(
         check=True,
     ).stdout
     assert f"--python-version {runtime.removeprefix('python')} " in plan
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_a_plain_sam_build_copies_no_environment_into_a_function(
+    template: dict[str, Any], name: str
+) -> None:
+    """Without --build-in-source, sam build copies a makefile function's CodeUri to a
+    scratch directory first, with no ignore file (.ci/run checks the copy in a real
+    build). So CodeUri holds no code and no environment: make runs the project's
+    Makefile in the project root, which builds from pyproject.toml and the packages."""
+    code_uri = ROOT / template["Globals"]["Function"]["CodeUri"]
+    assert code_uri.is_dir() and code_uri != ROOT
+    copied = [path.relative_to(code_uri) for path in code_uri.rglob("*")]
+    assert copied == [Path("README.md")], copied
+    metadata = template["Resources"][name]["Metadata"]
+    assert (ROOT / metadata["ContextPath"] / "Makefile").is_file()
+    assert (ROOT / metadata["WorkingDirectory"]).resolve() == ROOT.resolve()
+    assert "CodeUri" not in template["Resources"][name]["Properties"]
 
 
 def _short_form(node: Any) -> Any:
@@ -567,9 +602,7 @@ def test_template_caps_each_standard_function_by_reserved_concurrency(
     spec = template["Parameters"][parameter]
     default = int(spec["Default"])
     assert default > 0
-    assert f"`{parameter}` (default {default})" in " ".join(
-        (ROOT / "README.md").read_text().split()
-    )
+    assert f"`{parameter}` (default {default})" in " ".join(DEPLOY_PAGE.read_text().split())
     expression = _function(template, name)["ReservedConcurrentExecutions"]
     assert _evaluate(expression, _parameters(template), template) == str(default)
     unset = _evaluate(expression, _parameters(template, **{parameter: ""}), template)
@@ -605,11 +638,12 @@ def test_template_asks_for_the_allowed_origins_and_warns_of_a_wildcard(
     assert "WARNING" in warning["Value"] and "AllowedOrigins" in warning["Value"]
 
 
-def test_the_readmes_deploy_names_the_templates_parameters_and_outputs(
+def test_the_deploy_guide_names_the_templates_parameters_and_outputs(
     template: dict[str, Any],
 ) -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## On AWS Lambda") : readme.index("### What it costs")]
+    tour = readme[readme.index("### Deploy to AWS") : readme.index("## Documentation")]
+    section = DEPLOY_PAGE.read_text() + tour
     overrides = set(re.findall(r"\b([A-Z][a-z][A-Za-z]+)=", section))
     assert {"AuthSecretArn", "AllowedOrigins", "DeploymentMode"} <= overrides
     assert overrides <= set(template["Parameters"]), overrides - set(template["Parameters"])

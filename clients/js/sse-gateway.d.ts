@@ -41,6 +41,9 @@ export interface ConnectOptions {
   token?: string | (() => string | Promise<string>);
   /** A cursor to resume from (a `lastEventId` of an earlier stream on the same channels). */
   lastEventId?: string | null;
+  /** Without a cursor, each channel starts this many events (0 to 1000) before its head,
+   * so a page renders the last N and follows on from exactly there. Default 0. */
+  rewind?: number;
   /** Send cookies cross-origin (the gateway's `sse_token` cookie). Default false. */
   withCredentials?: boolean;
   /** Delays before the reconnects the client makes itself: each attempt waits between half
@@ -93,3 +96,37 @@ export declare class GatewayStream extends EventTarget {
 
 /** Opens a stream of `channels`; the first request is made after the current task. */
 export declare function connect(options: ConnectOptions): GatewayStream;
+
+export interface HistoryOptions {
+  /** The gateway's base URL (ending in "/" when it has a path). Default "/", this origin. */
+  url?: string;
+  /** At most this many events, 1 to 1000. Default 100. */
+  limit?: number;
+  /** The page ends right before this event id (a `next_before`, or an event's `id`). */
+  before?: string | null;
+  /** A JWT granting `subscribe` on the channel, or a function giving one. */
+  token?: string | (() => string | Promise<string>);
+  /** Send cookies cross-origin (the gateway's `sse_token` cookie). Default false. */
+  withCredentials?: boolean;
+}
+
+export interface HistoryPage<T = unknown> {
+  /** Oldest first; each as a stream's `message` carries it. */
+  events: GatewayEvent<T>[];
+  /** Pass as `before` for the page before this one; null once the retained log's start
+   * is reached. */
+  next_before: string | null;
+}
+
+/** Why history() failed, as a stream's `GatewayFailure` says (without `retrying`). */
+export declare class HistoryError extends Error {
+  readonly status: number;
+  readonly code: string;
+}
+
+/** A page of `channel`'s retained events (`GET /channels/{channel}/history`); rejects with a
+ * `HistoryError`. */
+export declare function history<T = unknown>(
+  channel: string,
+  options?: HistoryOptions,
+): Promise<HistoryPage<T>>;

@@ -22,6 +22,7 @@ const PROBE = "*";
 const PROBE_RESET = "invalid_last_event_id";
 
 const RETRYABLE_4XX = new Set([408, 429]);
+const MAX_REWIND = 1000;
 
 export class GatewayStream extends EventTarget {
   #url;
@@ -42,17 +43,22 @@ export class GatewayStream extends EventTarget {
   #tokenUntried = false; // the token came from token() and no connection opened with it yet
   #freshRefused = 0; // tokens fresh from token() refused in a row
   #needsToken = true;
-  #probing = false; // the current connection sent PROBE and has had no message yet
+  #rewind;
+  #probing = new Set(); // channels whose reset to PROBE this connection has yet to send
 
   constructor(options) {
     super();
-    const { url = "/events", channels, token, lastEventId = null } = options ?? {};
+    const { url = "/events", channels, token, lastEventId = null, rewind = 0 } = options ?? {};
     if (!Array.isArray(channels) || channels.length === 0) {
       throw new TypeError("sse-gateway: connect() needs channels, a non-empty array of names");
     }
     if (token !== undefined && typeof token !== "string" && typeof token !== "function") {
       throw new TypeError("sse-gateway: token must be a string or a function returning one");
     }
+    if (!Number.isInteger(rewind) || rewind < 0 || rewind > MAX_REWIND) {
+      throw new TypeError(`sse-gateway: rewind must be a whole number from 0 to ${MAX_REWIND}`);
+    }
+    this.#rewind = rewind;
     this.#url = url;
     this.#channels = [...channels];
     this.#token = token;
@@ -116,7 +122,7 @@ export class GatewayStream extends EventTarget {
       this.#currentToken = this.#token;
     }
     this.#needsToken = false;
-    this.#probing = this.#lastEventId === null;
+    this.#probing = new Set(this.#lastEventId === null ? this.#channels : []);
     const url = this.#streamUrl();
     const source = new EventSource(url, { withCredentials: this.#withCredentials });
     this.#source = source;
@@ -146,6 +152,11 @@ export class GatewayStream extends EventTarget {
     for (const channel of this.#channels) url.searchParams.append("channel", channel);
     if (this.#currentToken !== null) url.searchParams.set("token", this.#currentToken);
     url.searchParams.set("last_event_id", this.#lastEventId ?? PROBE);
+    // Without a cursor of its own, each channel starts `rewind` events before its head
+    // (the gateway ignores it once EventSource resumes with Last-Event-ID).
+    if (this.#lastEventId === null && this.#rewind > 0) {
+      url.searchParams.set("rewind", String(this.#rewind));
+    }
     return url.href;
   }
 
@@ -153,8 +164,9 @@ export class GatewayStream extends EventTarget {
     if (source !== this.#source) return;
     if (e.lastEventId) this.#lastEventId = e.lastEventId;
     const detail = JSON.parse(e.data);
-    if (type === "message") this.#probing = false;
-    else if (this.#probing && detail.reason === PROBE_RESET) return;
+    // Each channel answers PROBE with one reset, before any of its events.
+    const probed = this.#probing.delete(detail.channel);
+    if (type === "reset" && probed && detail.reason === PROBE_RESET) return;
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
@@ -173,7 +185,7 @@ export class GatewayStream extends EventTarget {
       failure = await describe(response, this.#url);
     } catch (err) {
       if (this.#closed) return;
-      failure = { status: 0, code: "network_error", message: String(err) };
+      failure = { status: 0, code: "network_error", message: corsHint(new URL(url), err) };
     } finally {
       controller.abort(); // a 200 is a whole session the gateway would keep serving
       this.#diagnosis = null;
@@ -240,6 +252,56 @@ async function describe(response, where) {
   }
   const message = `HTTP ${status} ${response.statusText}`.trim();
   return { status, code: `http_${status}`, message };
+}
+
+/** A page of `channel`'s history (`GET /channels/{channel}/history`): at most `limit`
+ * events before the id `before` (or up to the head), oldest first; see sse-gateway.d.ts. */
+export async function history(channel, options = {}) {
+  const { url = "/", limit, before, token, withCredentials = false } = options;
+  const where = new URL(
+    `channels/${encodeURIComponent(channel)}/history`,
+    new URL(url, globalThis.document?.baseURI ?? globalThis.location?.href),
+  );
+  if (limit !== undefined) where.searchParams.set("limit", String(limit));
+  if (before !== undefined && before !== null) where.searchParams.set("before", before);
+  const bearer = typeof token === "function" ? await token() : token;
+  const headers = bearer ? { Authorization: `Bearer ${bearer}` } : {};
+  let response;
+  try {
+    const credentials = withCredentials ? "include" : "same-origin";
+    response = await fetch(where, { headers, credentials, cache: "no-store" });
+  } catch (err) {
+    throw new HistoryError({ status: 0, code: "network_error", message: corsHint(where, err) });
+  }
+  if (!response.ok) throw new HistoryError(await describe(response, where.pathname));
+  const page = await response.json();
+  return {
+    events: page.events.map((e) => ({ channel, event: e.event, id: e.id, data: e.data })),
+    next_before: page.next_before,
+  };
+}
+
+/** Why history() failed: `status`, `code` and `message` as for a stream's failure. */
+export class HistoryError extends Error {
+  constructor({ status, code, message }) {
+    super(message);
+    this.name = "HistoryError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// A fetch that fails without an answer, cross-origin, is most often CORS: say what to set.
+function corsHint(where, err) {
+  const origin = globalThis.location?.origin;
+  if (origin && where.origin !== origin) {
+    return (
+      `${err} (${where.origin} did not answer ${origin}: if the gateway runs, add ` +
+      `${origin} to its SSE_GATEWAY_CORS_ALLOWED_ORIGINS; localhost and 127.0.0.1 are ` +
+      "different origins)"
+    );
+  }
+  return String(err);
 }
 
 /** Opens a stream of `channels` on the gateway's `/events`; see sse-gateway.d.ts. */

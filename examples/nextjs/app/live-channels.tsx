@@ -1,9 +1,15 @@
 "use client";
 
+import type { GatewayEvent } from "@sse-gateway/client";
 import { useSSE } from "@/lib/use-sse";
 
-export function LiveChannels({ channels }: { channels: string[] }) {
-  const { events, resets, state, error } = useSSE(channels);
+export function LiveChannels(props: {
+  channels: string[];
+  initial: GatewayEvent[];
+  rewind: number;
+}) {
+  const { channels, initial, rewind } = props;
+  const { events, resets, state, error } = useSSE(channels, { initial, rewind });
   return (
     <>
       <p className={`state ${state}`} data-testid="state">

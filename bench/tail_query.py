@@ -1,0 +1,177 @@
+"""CPU per tail Query: the poll an idle channel's feed makes (``read_after`` its
+position, nothing new), before (``--baseline REF``) and after, on one moto server.
+
+Three measures of the same loop of sequential tail queries, each in a process
+of its own (the code under test on ``PYTHONPATH``):
+- instructions per query, from valgrind's callgrind: the count of a run of
+  ``--small`` queries subtracted from one of ``--large`` (start-up cancels),
+  repeatable on a loaded machine, the figure the comparison rests on;
+- CPU per query from the kernel's count for the process (user and system),
+  which a shared machine inflates: the versions alternate, ``--rounds`` each;
+- where the user time goes: cProfile's own time per function, summed by the
+  library the function belongs to (sockets and ``epoll`` apart: waiting).
+
+    .venv/bin/python -m bench.tail_query --baseline main   # bench/results/tail_query.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import json
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from bench.appends import revisions
+from bench.common import ROOT, moto_server, write_result
+
+TABLE = "tail"
+# Path fragments naming where a function's code lives, most specific first.
+LIBRARIES = [
+    ("gateway", "/gateway/"),
+    ("aiobotocore", "/aiobotocore/"),
+    ("botocore", "/botocore/"),
+    ("aiohttp, yarl, multidict", "/aiohttp/"),
+    ("aiohttp, yarl, multidict", "/yarl/"),
+    ("aiohttp, yarl, multidict", "/multidict/"),
+    ("asyncio", "/asyncio/"),
+    ("json", "/json/"),
+]
+_WAITING = ("<method 'poll' of 'select.epoll' objects>",)
+
+
+async def _queries(url: str, channel: str, count: int, profile: Path | None) -> dict[str, float]:
+    """``count`` tail queries on ``channel`` (whose log ends at seq 1), after a warm-up."""
+    from gateway.dynamodb import open_dynamodb
+    from gateway.settings import Settings
+    from gateway.store import EventLog
+    from infra.local import local_session
+
+    settings = Settings(dynamodb_endpoint_url=url, table_name=TABLE)
+    async with open_dynamodb(settings, local_session()) as client:
+        log = EventLog.for_settings(client, settings)
+        for _ in range(20):
+            await log.read_after(channel, 1)
+        profiler = cProfile.Profile() if profile else None
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        if profiler:
+            profiler.enable()
+        for _ in range(count):
+            page = await log.read_after(channel, 1)
+            assert not page.events and page.scanned_to == 1, page
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "user_us": round((after.ru_utime - before.ru_utime) / count * 1e6, 1),
+        "system_us": round((after.ru_stime - before.ru_stime) / count * 1e6, 1),
+    }
+
+
+def _child(code: Path | None, *args: str, valgrind: Path | None = None) -> dict[str, float]:
+    command = [sys.executable, "-m", "bench.tail_query", "--child", *args]
+    if valgrind:
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={valgrind}", *command]
+    env = {**os.environ, "PYTHONPATH": f"{code}:{ROOT}" if code else str(ROOT)}
+    out = subprocess.run(command, env=env, cwd=code or ROOT, capture_output=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def _instructions(callgrind_out: Path) -> int:
+    for line in callgrind_out.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise ValueError(f"no instruction count in {callgrind_out}")
+
+
+def by_library(stats_file: Path, queries: int) -> dict[str, float]:
+    """Microseconds of own time per query, by library (cProfile's clock, inflated by
+    the profiler itself: read the shares)."""
+    own: collections.Counter[str] = collections.Counter()
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, tottime, _, _) in stats.items():
+        if function in _WAITING:
+            continue
+        where = next((name for name, part in LIBRARIES if part in filename), "other")
+        if "socket" in function:
+            where = "socket calls (system)"
+        elif "hashlib" in function or filename.endswith("/hmac.py"):
+            where = "hashlib, hmac"
+        own[where] += tottime
+    return {name: round(seconds / queries * 1e6, 1) for name, seconds in own.most_common()}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", metavar="REF")
+    parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--large", type=int, default=500)
+    parser.add_argument("--timed", type=int, default=3000, help="queries of each rusage run")
+    parser.add_argument("--rounds", type=int, default=3, help="rusage runs of each version")
+    parser.add_argument("--child", nargs=4, metavar=("URL", "CHANNEL", "COUNT", "PROFILE"))
+    args = parser.parse_args()
+    if args.child:
+        url, channel, count, profile = args.child
+        result = await _queries(url, channel, int(count), Path(profile) if profile else None)
+        print(json.dumps(result))
+        return
+
+    from gateway.dynamodb import open_dynamodb
+    from gateway.items import NewEvent
+    from gateway.settings import Settings
+    from gateway.store import EventLog
+    from infra.local import local_session
+    from infra.table import ensure_table
+
+    results: dict[str, object] = {"load_before": os.getloadavg()}
+    with (
+        moto_server() as moto,
+        revisions(args.baseline) as code,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        settings = Settings(dynamodb_endpoint_url=moto.url, table_name=TABLE)
+        async with open_dynamodb(settings, local_session()) as client:
+            await ensure_table(client, TABLE)
+            channel = uuid.uuid4().hex
+            await EventLog.for_settings(client, settings).append(channel, [NewEvent("x")])
+        for label, source in code:
+            counts = []
+            for n in (args.small, args.large):
+                out = Path(tmp) / f"callgrind.{len(counts)}"
+                await asyncio.to_thread(_child, source, moto.url, channel, str(n), "", valgrind=out)
+                counts.append(_instructions(out))
+            stats = Path(tmp) / "profile"
+            await asyncio.to_thread(_child, source, moto.url, channel, str(args.timed), str(stats))
+            per_query = (counts[1] - counts[0]) / (args.large - args.small)
+            results[label] = {
+                "instructions_per_query": round(per_query),
+                "callgrind_totals": counts,
+                "profile_us_per_query": by_library(stats, args.timed),
+            }
+            print(label, json.dumps(results[label]), flush=True)
+        # The kernel's count, the versions alternating so that both see the same load.
+        rounds: dict[str, list[dict[str, float]]] = {label: [] for label, _ in code}
+        for _ in range(args.rounds):
+            for label, source in code:
+                timed = await asyncio.to_thread(
+                    _child, source, moto.url, channel, str(args.timed), ""
+                )
+                rounds[label].append(timed)
+                print(label, json.dumps(timed), flush=True)
+        results["cpu_per_query_rounds"] = rounds
+    results["load_after"] = os.getloadavg()
+    print(write_result("tail_query", results))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
