@@ -374,3 +374,30 @@ async def test_sessions_that_leave_while_waiting_for_the_head_leave_nothing_behi
         hold.released.set()
         await asyncio.sleep(0.3)
         assert server.hub.feeds == {}
+
+
+async def test_a_rewind_starts_from_the_running_feed_its_buffer_or_the_log_behind_it(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # no polls: the feed learns of publishes by hand-over only
+        poll_max_seconds=60,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/rewound/events"
+    ids = [(await publish(http, server.url, "rewound", {"data": n}))[0] for n in range(3)]
+    following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 3))
+    await asyncio.sleep(0.3)
+    ids += [(await publish(http, server.url, "rewound", {"data": n}))[0] for n in (3, 4)]
+    heads, queries = _head_queries(fault_proxy), fault_proxy.seen.count("query")
+    # Two back: both in the feed's buffer, no query at all.
+    near = await read_session(http, url, params={"rewind": "2"}, stop=lambda e: len(e) == 2)
+    assert [e.last_event_id for e in near.events] == ids[3:]
+    assert fault_proxy.seen.count("query") == queries
+    # Four back: older than the buffer, read from the log, without a head query.
+    far = await read_session(http, url, params={"rewind": "4"}, stop=lambda e: len(e) == 4)
+    assert [e.last_event_id for e in far.events] == ids[1:]
+    assert _head_queries(fault_proxy) == heads
+    ids += await publish(http, server.url, "rewound", {"data": 5})
+    assert [e.last_event_id for e in (await following).events] == ids[3:]
