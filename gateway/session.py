@@ -38,7 +38,7 @@ from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, Shuttin
 from gateway.fanout import Attached, Outlet
 from gateway.feed import ChannelFeed
 from gateway.hub import ChannelHub
-from gateway.items import StoredEvent
+from gateway.items import Batch, LogEnd, StoredEvent
 from gateway.metrics import Metrics
 from gateway.reader import Delivery, Reader, Reset, encode_delivery
 from gateway.store import EventLog
@@ -98,14 +98,10 @@ async def open_channel(
             )
     async with asyncio.timeout(timing.remaining()):
         newest = await hub.head(channel)  # shared with the sessions arriving meanwhile
-        end = newest.end if newest is not None else None
-        head = Position(end.epoch, end.last) if end is not None else EMPTY
-        start = choose(head, end.since if end is not None else 1)
+        end, head, start = _chosen(newest, choose)
         if not _settled(start, head):  # the shared answer may predate the client's id
             newest = await store.last_batch(channel)
-            end = newest.end if newest is not None else None
-            head = Position(end.epoch, end.last) if end is not None else EMPTY
-            start = choose(head, end.since if end is not None else 1)
+            end, head, start = _chosen(newest, choose)
     deliveries = _resets(start, requested)
     cursor = start.cursor
     if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
@@ -116,6 +112,15 @@ async def open_channel(
         reader = Reader(cursor, cursor.seq, aligned=False, rewound_from=start.rewound_from)
     feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
+
+
+def _chosen(
+    newest: Batch | None, choose: Callable[[Position, int], Start]
+) -> tuple[LogEnd | None, Position, Start]:
+    """The log's end and head as ``newest`` says, and the start chosen from them."""
+    end = newest.end if newest is not None else None
+    head = Position(end.epoch, end.last) if end is not None else EMPTY
+    return end, head, choose(head, end.since if end is not None else 1)
 
 
 def _settled(start: Start, head: Position) -> bool:
