@@ -27,6 +27,9 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+# Every subscriber of a benchmark comes from one address with auth off: one subject,
+# whose shares (gateway/quota.py) must not be what is measured.
+ONE_SUBJECT = {"max_sessions_per_subject": 100_000, "max_feeds_per_subject": 100_000}
 ROOT = Path(__file__).resolve().parent.parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
@@ -187,10 +190,16 @@ def python_module(module: str, source: Path | None) -> tuple[list[str], Path, di
 
 @contextlib.contextmanager
 def gateway(
-    dynamodb: str, *, source: Path | None = None, args: Sequence[str] = (), **settings: object
+    dynamodb: str,
+    *,
+    source: Path | None = None,
+    args: Sequence[str] = (),
+    code: str | None = None,
+    **settings: object,
 ) -> Iterator[Target]:
     """``sse-gateway dev`` on ``dynamodb``; ``source`` runs a ``checkout`` of another
-    revision instead, ``args`` are more command-line arguments (``--loop asyncio``)."""
+    revision instead, ``args`` are more command-line arguments (``--loop asyncio``),
+    ``code`` is Python run instead of ``-m gateway.cli`` (with the same arguments)."""
     port = free_port()
     env = {
         "SSE_GATEWAY_TABLE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
@@ -199,6 +208,8 @@ def gateway(
         **{f"SSE_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()},
     }
     python, cwd, more_env = python_module("gateway.cli", source)
+    if code is not None:
+        python = [sys.executable, "-c", code]
     command = [*python, "dev", "--dynamodb-endpoint", dynamodb, "--port", str(port), *args]
     with running(command, {**env, **more_env}, cwd) as process:
         base = f"http://127.0.0.1:{port}"

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -32,6 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import (
+    ONE_SUBJECT,
     Subscriber,
     Target,
     checkout,
@@ -148,10 +150,15 @@ async def targets(
     # subscribers' process through the log: its tail loop's next poll.
     async with contextlib.AsyncExitStack() as stack:
         plain = stack.enter_context(
-            gateway(dynamodb, args=["--loop", "asyncio", "--http", "h11"], table_name=table)
+            gateway(
+                dynamodb,
+                args=["--loop", "asyncio", "--http", "h11"],
+                table_name=table,
+                **ONE_SUBJECT,
+            )
         )
-        fast = stack.enter_context(gateway(dynamodb, table_name=table))
-        elsewhere = stack.enter_context(gateway(dynamodb, table_name=table))
+        fast = stack.enter_context(gateway(dynamodb, table_name=table, **ONE_SUBJECT))
+        elsewhere = stack.enter_context(gateway(dynamodb, table_name=table, **ONE_SUBJECT))
         found = [
             ("sse-gateway, asyncio + h11", plain, plain),
             ("sse-gateway, uvloop + httptools", fast, fast),
@@ -159,7 +166,12 @@ async def targets(
         ]
         if baseline is not None:
             old = stack.enter_context(
-                gateway(dynamodb, source=stack.enter_context(checkout(baseline)), table_name=table)
+                gateway(
+                    dynamodb,
+                    source=stack.enter_context(checkout(baseline)),
+                    table_name=table,
+                    **ONE_SUBJECT,
+                )
             )
             found.append((f"sse-gateway {baseline}, uvloop + httptools", old, old))
         if with_nchan:
@@ -209,28 +221,39 @@ async def main() -> None:
     parser.add_argument("--no-nchan", action="store_true", help="without nginx + nchan")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=SCENARIOS)
     parser.add_argument("--baseline", metavar="REF", help="git revision to compare against")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="LABEL",
+        help="only the targets whose label is one of these (default: all)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every scenario")
+    parser.add_argument("--output", default="latency", help="name of the JSON in bench/results")
     args = parser.parse_args()
     raise_fd_limit()
     rows = []
     with moto_server() as moto:
         async with targets(moto.url, not args.no_nchan, args.baseline) as servers:
-            for scenario in args.scenarios:
-                per_channel, channels = map(int, scenario.split("x"))
-                for label, subscribed, published in servers:
-                    row = await measure(
-                        subscribed,
-                        per_channel,
-                        channels,
-                        args.events,
-                        args.rate,
-                        published,
-                        moto.pid,
-                    )
-                    row["target"] = label
-                    rows.append(row)
-                    print(json.dumps(row))
-    write_result("latency", {"events": args.events, "rate": args.rate, "rows": rows})
-    plot(rows, args.scenarios, Path(__file__).parent / "latency.png")
+            chosen = [s for s in servers if args.targets is None or s[0] in args.targets]
+            for round_ in range(1, args.repeat + 1):
+                for scenario in args.scenarios:
+                    per_channel, channels = map(int, scenario.split("x"))
+                    for label, subscribed, published in chosen:
+                        row = await measure(
+                            subscribed,
+                            per_channel,
+                            channels,
+                            args.events,
+                            args.rate,
+                            published,
+                            moto.pid,
+                        )
+                        row.update(target=label, round=round_, loadavg=os.getloadavg())
+                        rows.append(row)
+                        print(json.dumps(row))
+    write_result(args.output, {"events": args.events, "rate": args.rate, "rows": rows})
+    if args.repeat == 1:
+        plot(rows, args.scenarios, Path(__file__).parent / "latency.png")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -105,6 +106,12 @@ async def serve(
             h11_max_incomplete_event_size=settings.max_header_bytes,
         )
         logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+        # What is built by now (modules, botocore's service models, the app) lives as
+        # long as the process: frozen out of the collector's sight, a full collection
+        # no longer walks it while a thousand sessions wait for a frame (it paused
+        # the loop for 40-390 ms; BENCHMARKS.md section 11).
+        gc.collect()
+        gc.freeze()
         await _Server(config, on_exit=app.state.hub.close).serve()
 
 

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Coroutine, Generator
+import time
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from starlette.types import Message, Send
+
+from gateway.items import StoredEvent
 
 
 class Outlet:
@@ -131,6 +134,54 @@ class Attached:
     def wake(self) -> None:
         if not self.woken.done():
             self.woken.set_result(None)
+
+
+class Attachments:
+    """The sessions attached to one feed, and the one loop that writes to them."""
+
+    __slots__ = ("_alarms", "_sessions")
+
+    def __init__(self, alarms: Alarms) -> None:
+        self._alarms = alarms
+        self._sessions: dict[Attached, None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._sessions)
+
+    def add(self, attached: Attached, at_most: float) -> None:
+        self._sessions[attached] = None
+        self._alarms.set(attached, at_most)
+
+    def remove(self, attached: Attached) -> None:
+        self._sessions.pop(attached, None)
+        self._alarms.cancel(attached)
+
+    def wake_all(self) -> None:
+        """Detach every session, each to read the feed (or learn why it ended)."""
+        for attached in self._sessions:
+            attached.wake()
+        self._sessions.clear()
+
+    def write(self, events: list[StoredEvent], frame: Callable[[StoredEvent], bytes]) -> int:
+        """Write ``events`` (``frame`` encodes each) to every session they follow as
+        they are; detach and wake the others. Returns how many were written to."""
+        first, last = events[0], events[-1]
+        epoch, after = first.epoch, first.seq - 1
+        # What a session's reader delivers as is: one epoch, no seq skipped.
+        plain = last.seq - after == len(events) and all(e.epoch == epoch for e in events)
+        body = b"".join(map(frame, events))
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        now = time.monotonic()
+        written = 0
+        for attached in list(self._sessions):
+            if plain and attached.seq == after and attached.epoch == epoch:
+                attached.seq, attached.written_at = last.seq, now
+                written += 1
+                if attached.outlet.write(message):
+                    continue
+            del self._sessions[attached]  # it reads the buffer (or the log) again
+            attached.wake()
+        return written
 
 
 class Alarms:

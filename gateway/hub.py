@@ -1,49 +1,33 @@
-"""One tail loop per channel per process, shared by all of its subscribers.
+"""Which channels this process follows: one feed per channel (``gateway/feed.py``),
+shared by all of its sessions, and at most one head query per channel at a time.
 
-N connections on a channel cost one DynamoDB query per poll, not N. The feed
-keeps a bounded buffer of recent events; a subscriber reads from it by seq and
-falls back to the store when its cursor is older than the buffer (a fresh
-resume, or a slow client that fell behind), so no subscriber can make the
-process buffer without bound. Polling adapts: fast right after activity,
-backing off to the maximum interval when idle; a publish through the same
-process wakes the loop at once.
+A connect storm on a cold channel (a deploy, a reload wave, reconnects after
+``retry:``) must cost one store query, not one per connection: the sessions
+that arrive while a channel's head query is out wait for its answer
+(``head``). A session that leaves while waiting (its client went, its deadline
+passed) stops waiting and the query goes on for the others; when the last
+waiter leaves, the query is cancelled. A query that fails fails every waiter
+alike, with the same error (each session ends with ``retry:``).
 
-A feed follows its log forward only. A new epoch that begins after its
-position is buffered like any event (sessions see the switch in-band). When
-the log starts over below its position (a purge; or TTL deleted the newest
-items of an idle channel, so the next append opened an epoch below the feed),
-the feed ends its sessions with ``retry:`` and the reconnects resolve their
-position against the new head. The second case cannot show in ``seq >
-scanned_to`` polls, so once the feed's newest item has expired it polls the
-head instead, which costs the same for an item of up to 4 KB.
-
-With a notifier (``gateway/notify.py``) the feed's one seam to other processes
-is ``notice``: what another process's notification carries goes through the
-same check as an in-process hand-over, and anything else wakes a read. While
-its subscription stands (``set_notified``), the idle poll is the safety poll
-(``NOTIFIED_POLL_SECONDS``), each one a head check, so purges and TTL still
-show within it; either switch reads the log once at once.
+An answer read before a session arrived is as good as one read after for most
+starts (a fresh session, or a position the answer already holds: whatever was
+appended since is read after it), but not for a client that holds a newer
+position than the answer: those sessions ask again (``gateway/session.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
-import contextvars
 import logging
-import math
-import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from gateway import wire
-from gateway.cursor import EMPTY, Position
-from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
-from gateway.fanout import Alarms, Attached
-from gateway.items import LogEnd, StoredEvent
+from gateway.errors import FeedLimitReached, LogRestarted, ShuttingDown
+from gateway.fanout import Alarms
+from gateway.feed import ChannelFeed
+from gateway.items import Batch, LogEnd, StoredEvent
 from gateway.metrics import Metrics
-from gateway.store import EventLog, Page
+from gateway.store import EventLog
 
 if TYPE_CHECKING:
     from gateway.notify import Notifier
@@ -51,338 +35,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class ChannelFeed:
-    def __init__(
-        self,
-        channel: str,
-        store: EventLog,
-        start: LogEnd | None,
-        *,
-        poll_min_seconds: float,
-        poll_max_seconds: float,
-        buffer_events: int,
-        buffer_bytes: int,
-        metrics: Metrics,
-        alarms: Alarms,
-        notifier: Notifier | None = None,
-        notified_poll_seconds: float = 30.0,
-    ) -> None:
-        self.channel = channel
-        self.epoch = start.epoch if start else None
-        self._since = start.since if start else 1  # where the feed's epoch began
-        self.subscribers = 0
-        self.failure: GatewayError | None = None
-        self._store = store
-        self._poll_min = poll_min_seconds
-        self._poll_max = poll_max_seconds
-        self._buffer_events = buffer_events
-        self._buffer_bytes = buffer_bytes
-        self._metrics = metrics
-        self._alarms = alarms
-        self._notifier = notifier
-        self._notified_poll = notified_poll_seconds
-        self._notified = False  # the notifier's subscription to this channel stands
-        self._attached: dict[Attached, None] = {}  # sessions it writes to (gateway.fanout)
-        self._events: list[StoredEvent] = []
-        self._frames: dict[int, tuple[StoredEvent, bytes]] = {}
-        self._bytes = 0
-        self._scanned_to = start.last if start else 0
-        # The buffer holds every unexpired event after this seq.
-        self._complete_after = self._scanned_to
-        self._end_expires_at = start.expires_at if start else None
-        # New epochs this feed saw begin right after a position it had reached, and
-        # whether the item at its position was live when reached (so nothing after
-        # it had been deleted then, and polls have seen everything since).
-        self._observed_after: dict[str, Position] = {}
-        self._position_proven = start is not None and not store.has_expired(start.expires_at)
-        self._aligned = True  # _scanned_to ends an item
-        self._head_checked_at = time.monotonic() if start is not None else -math.inf
-        self._changed = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+class _Flight:
+    """A channel's head query and how many sessions wait for its answer."""
 
-    def start(self) -> None:
-        # A context of its own: the feed outlives the request that started it, so it
-        # must not log under that request's id (handlers/logs.py).
-        self._task = asyncio.create_task(
-            self._run(), name=f"sse-feed:{self.channel}", context=contextvars.Context()
-        )
-        if self._notifier is not None:
-            self._notifier.follow(self)
+    __slots__ = ("query", "waiting")
 
-    def stop(self, reason: GatewayError | None = None) -> None:
-        """Stop polling; with a ``reason``, the feed's sessions end (with ``retry:``) too."""
-        if reason is not None:
-            self._fail(reason)
-        if self._task is not None:
-            self._task.cancel()
-        if self._notifier is not None:
-            self._notifier.unfollow(self)
-
-    def _fail(self, reason: GatewayError) -> None:
-        if self.failure is None:
-            self.failure = reason
-            self._publish()
-            for attached in self._attached:
-                attached.wake()
-            self._attached.clear()
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def serves(self, head: LogEnd | None, position: int | None = None) -> bool:
-        """Whether a session that found ``head`` can follow this feed: its log has not
-        started over below the feed's position (or below ``position``, where the
-        feed was when it asked for ``head``: events handed over while the query was
-        out lie beyond what it could see). A head behind it in the feed's epoch
-        counts as a restart too once the newest item the feed knows may have
-        expired: TTL may have deleted the newest items, whose events the buffer must
-        not hand out again. Before that (TTL deletes only expired items, and expiry
-        never decreases with seq), such a head was read before a hand-over.
-
-        A head of another epoch that ends below where the feed's epoch began, and
-        has expired, is the item that epoch opened above (or one before it), read
-        before it began: nothing restarted either."""
-        at = self._scanned_to if position is None else position
-        if head is None:
-            return at == 0
-        if head.epoch == self.epoch:
-            newest = self._end_expires_at
-            return head.last >= at or (newest is not None and not self._store.has_expired(newest))
-        if head.last < self._since and self._store.has_expired(head.expires_at):
-            return True
-        return head.since > at
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._bytes
-
-    def head_seen_within(self, seconds: float) -> bool:
-        return time.monotonic() - self._head_checked_at <= seconds
-
-    @property
-    def head_interval(self) -> float:
-        """The longest the feed goes between looks at the log's head while idle."""
-        return self._notified_poll if self._notified else self._poll_max
-
-    @property
-    def position(self) -> Position:
-        """The newest position the feed has seen: every event up to it is read."""
-        return Position(self.epoch, self._scanned_to) if self.epoch is not None else EMPTY
-
-    def frame(self, event: StoredEvent) -> bytes:
-        """``event``'s frame on the single-channel stream, encoded once per process for
-        all of the feed's sessions while the event is buffered."""
-        cached = self._frames.get(event.seq)
-        if cached is not None and cached[0] is event:
-            return cached[1]
-        frame = wire.encode_event(event.data, event=event.event, id=event.event_id)
-        if self._events and self._events[0].seq <= event.seq:  # buffered: keep it
-            self._frames[event.seq] = (event, frame)
-        return frame
-
-    def after(self, seq: int) -> list[StoredEvent] | None:
-        """Buffered events after ``seq``; None when ``seq`` is older than the buffer."""
-        if seq < self._complete_after:
-            return None
-        return self._events[bisect.bisect_right(self._events, seq, key=lambda e: e.seq) :]
-
-    def observed_after(self, epoch: str) -> Position | None:
-        """Where the feed had got to when it saw ``epoch`` begin right after it; no
-        event can have come and gone unseen in between (see ``cursor.step``)."""
-        return self._observed_after.get(epoch)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def set_notified(self, notified: bool) -> None:
-        """Whether the notifier's subscription to this channel stands: notifications
-        then bring appends, and the idle poll becomes the safety poll. Either switch
-        reads the log at once: what was appended before the subscription stood (or
-        after it fell) is found there, and the seq checks drop what a read and a
-        notification both bring."""
-        if notified != self._notified:
-            self._notified = notified
-            self.wake()
-
-    def notice(self, events: Sequence[StoredEvent]) -> None:
-        """Another process appended ``events`` (as its notification carried them, maybe
-        only the newest, maybe none): taken when they are the feed's next events in
-        its epoch; otherwise (a gap, a new epoch, a duplicate, out of order) the feed
-        reads the log now, and looks at its head when the epoch differs (a purge)."""
-        if self.failure is not None or self.hand_over(events, source="notification"):
-            return
-        self._metrics.notification("fell_back")
-        if events and events[0].epoch != self.epoch:
-            self._head_checked_at = -math.inf
-        self.wake()
-
-    def attach(self, attached: Attached, at_most: float) -> None:
-        """Write new events straight to ``attached``'s stream while they follow its
-        position; detach and wake it when they do not, when the feed fails, or in
-        ``at_most`` seconds (its next heartbeat). The session must ``detach``."""
-        if self.failure is not None:
-            attached.wake()
-        else:
-            self._attached[attached] = None
-            self._alarms.set(attached, at_most)
-
-    def detach(self, attached: Attached) -> None:
-        self._attached.pop(attached, None)
-        self._alarms.cancel(attached)
-
-    async def wait(self, at_most: float) -> None:
-        """Until new events are buffered, the feed fails, or ``at_most`` seconds pass."""
-        # asyncio.timeout rather than wait_for: no task per waiting session.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most):
-                await self._changed.wait()
-
-    def _publish(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _run(self) -> None:
-        interval = self._poll_min
-        while True:
-            try:
-                page = await self._poll()
-            except Exception as exc:
-                # Whatever stopped the tail, its sessions must end (with retry:), not hang.
-                logger.warning("tail of channel %r stops: %s", self.channel, exc)
-                self._fail(exc if isinstance(exc, GatewayError) else GatewayError(str(exc)))
-                return
-            if page.end is not None:
-                self._end_expires_at = page.end.expires_at
-            # An in-process append may have been handed over while the poll was out.
-            fresh = [event for event in page.events if event.seq > self._scanned_to]
-            if page.scanned_to >= self._scanned_to:
-                self._scanned_to, self._aligned = page.scanned_to, True
-            if fresh:
-                self._deliver(fresh, "poll")
-                interval = self._poll_min
-            else:
-                interval = min(interval * 2, self._poll_max)
-            if page.more:
-                continue
-            notified = self._notified
-            try:
-                await asyncio.wait_for(
-                    self._wake.wait(), self._notified_poll if notified else interval
-                )
-            except TimeoutError:
-                if notified:
-                    self._metrics.safety_poll()
-            self._wake.clear()
-
-    async def _poll(self) -> Page:
-        """The log after the feed's position; raises ``LogRestarted`` when it started
-        over below it."""
-        prior = self._scanned_to
-        expired = self._end_expires_at is not None and self._store.has_expired(self._end_expires_at)
-        checked_at = time.monotonic()
-        if expired or checked_at - self._head_checked_at >= self._poll_max:
-            # Look at the head, not only past the position: TTL may delete the newest
-            # item once it has expired, and a purged log may have started over below;
-            # this also lets fresh sessions join without a query of their own.
-            head = await self._store.last_batch(self.channel)
-            end = head.end if head is not None else None
-            if not self.serves(end, prior):
-                raise LogRestarted(f"channel {self.channel!r} started its log over")
-            self._head_checked_at = checked_at
-            if end is None or end.last == self._scanned_to:
-                return Page([], self._scanned_to, False, end)
-            if head is not None and head.end.epoch == self.epoch and head.first <= prior + 1:
-                # The newest item holds everything after the position: no read needed.
-                return Page(self._store.live_events(head, prior), end.last, False, end)
-        proven = self._position_proven
-        page = await self._store.read_after(self.channel, prior, aligned=self._aligned)
-        for event in page.events:  # live events only: each proves its item existed
-            if event.epoch != self.epoch:
-                if self.epoch is not None and event.since <= prior:
-                    raise LogRestarted(f"channel {self.channel!r} started its log over")
-                if self.epoch is not None and proven and event.since == prior + 1:
-                    self._observed_after[event.epoch] = Position(self.epoch, prior)
-                self.epoch, self._since = event.epoch, event.since
-            prior, proven = event.seq, True
-        if page.scanned_to >= self._scanned_to:
-            self._position_proven = proven and prior == page.scanned_to
-        return page
-
-    def hand_over(self, events: Sequence[StoredEvent], source: str = "in_process") -> bool:
-        """Buffer events this process just appended, if they follow the feed's
-        position in its epoch (nothing can lie between): delivered at once, without
-        waiting for a poll. Otherwise (another process wrote in between, a new
-        epoch) the next poll reads them; returns whether they were taken."""
-        if not events or self.failure is not None:
-            return False
-        first = events[0]
-        starts_log = self.epoch is None and first.since == 1  # the log's first events
-        if (first.epoch != self.epoch and not starts_log) or first.seq != self._scanned_to + 1:
-            return False
-        self.epoch = first.epoch
-        # Appends may share an item (group commit): the position may now lie inside
-        # one, so the next poll also looks for the rest of the item.
-        self._scanned_to, self._aligned = events[-1].seq, False
-        self._position_proven = True
-        self._deliver(list(events), source)
-        return True
-
-    def _deliver(self, events: list[StoredEvent], source: str) -> None:
-        """Buffer new events, write them to the attached sessions they follow
-        (detaching the others), and wake the sessions that read the buffer."""
-        self._metrics.fed(source, len(events))
-        self._buffer(events)
-        if self._attached:
-            self._fan_out(events)
-        self._publish()
-
-    def _fan_out(self, events: list[StoredEvent]) -> None:
-        first, last = events[0], events[-1]
-        epoch, after = first.epoch, first.seq - 1
-        # What a session's reader delivers as is: one epoch, no seq skipped.
-        plain = last.seq - after == len(events) and all(e.epoch == epoch for e in events)
-        body = b"".join(map(self.frame, events))
-        message = {"type": "http.response.body", "body": body, "more_body": True}
-        now = time.monotonic()
-        written = 0
-        for attached in list(self._attached):
-            if plain and attached.seq == after and attached.epoch == epoch:
-                attached.seq, attached.written_at = last.seq, now
-                written += 1
-                if attached.outlet.write(message):
-                    continue
-            del self._attached[attached]  # it reads the buffer (or the log) again
-            attached.wake()
-        self._metrics.delivered([e.appended_at for e in events], sessions=written)
-
-    def _buffer(self, events: list[StoredEvent]) -> None:
-        self._events.extend(events)
-        self._bytes += sum(map(_footprint, events))
-        # Trim with slack (to half the event bound, to 3/4 of the byte bound) so
-        # the copy is amortised over many appends. The byte bound holds at all
-        # times: memory is what kills a small Lambda.
-        dropped = freed = 0
-        if len(self._events) > 2 * self._buffer_events:
-            dropped = len(self._events) - self._buffer_events
-            freed = sum(map(_footprint, self._events[:dropped]))
-        if self._bytes - freed > self._buffer_bytes:
-            while dropped < len(self._events) and self._bytes - freed > self._buffer_bytes * 3 // 4:
-                freed += _footprint(self._events[dropped])
-                dropped += 1
-        if dropped:
-            self._bytes -= freed
-            self._complete_after = self._events[dropped - 1].seq
-            for event in self._events[:dropped]:
-                self._frames.pop(event.seq, None)
-            del self._events[:dropped]
-
-
-def _footprint(event: StoredEvent) -> int:
-    """What a buffered event holds in memory, roughly: its data and type, its
-    encoded frame, and the objects around them."""
-    return 2 * (len(event.data) + len(event.event or "")) + 300
+    def __init__(self, query: asyncio.Task[Batch | None]) -> None:
+        self.query = query
+        self.waiting = 0
 
 
 class ChannelHub:
@@ -409,6 +69,7 @@ class ChannelHub:
         self._buffer_bytes = buffer_bytes
         self._max_feeds = max_feeds
         self._feeds: dict[str, ChannelFeed] = {}
+        self._flights: dict[str, _Flight] = {}  # head queries out, by channel
         self._alarms = Alarms()  # shared by the feeds' attached sessions
 
     @property
@@ -428,6 +89,34 @@ class ChannelHub:
         ):
             return None
         return feed
+
+    @property
+    def head_queries(self) -> int:
+        """How many head queries are out (one per channel at most)."""
+        return len(self._flights)
+
+    async def head(self, channel: str) -> Batch | None:
+        """The channel's newest item (``EventLog.last_batch``), from the head query
+        that is out for the channel if there is one, else from a new one."""
+        flight = self._flights.get(channel)
+        if flight is None:
+            query = asyncio.create_task(self._store.last_batch(channel), name=f"sse-head:{channel}")
+            flight = self._flights[channel] = _Flight(query)
+            query.add_done_callback(lambda _: self._land(channel, flight))
+        flight.waiting += 1
+        try:
+            # Shielded: a waiter that leaves must not cancel the others' answer.
+            return await asyncio.shield(flight.query)
+        finally:
+            flight.waiting -= 1
+            if not flight.waiting and not flight.query.done():
+                flight.query.cancel()  # nobody is left to answer
+                self._land(channel, flight)
+
+    def _land(self, channel: str, flight: _Flight) -> None:
+        # Sessions that come later ask again: an answer is only as new as its query.
+        if self._flights.get(channel) is flight:
+            del self._flights[channel]
 
     def admit(self, channels: Collection[str]) -> None:
         """Raises ``FeedLimitReached`` unless a session on ``channels`` may start the

@@ -74,8 +74,7 @@ async def _multiple(
 
     async def open_one(channel: str) -> Opened:
         choose = _chooser(requested, channel, rewind)
-        fresh = rewind == 0 and _fresh(requested, channel)
-        o = await open_channel(channel, choose, None, fresh, store, hub, timing)
+        o = await open_channel(channel, choose, None, store, hub, timing)
         opened.append(o)  # nothing awaited since it subscribed: no leave can be missed
         return o
 
@@ -98,10 +97,6 @@ async def _multiple(
     finally:
         for o in opened:
             hub.leave(o.feed)
-
-
-def _fresh(requested: dict[str, composite.Requested] | None, channel: str) -> bool:
-    return requested is not None and requested[channel] == composite.Requested()
 
 
 def _chooser(

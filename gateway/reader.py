@@ -19,7 +19,7 @@ from gateway.cursor import Position, ResetReason, rewound_cursor, step
 from gateway.items import StoredEvent
 
 if TYPE_CHECKING:
-    from gateway.hub import ChannelFeed
+    from gateway.feed import ChannelFeed
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import wire
-from gateway.cursor import EMPTY, Position, Start, resolve_start
+from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.fanout import Attached, Outlet
-from gateway.hub import ChannelFeed, ChannelHub
-from gateway.items import StoredEvent
+from gateway.feed import ChannelFeed
+from gateway.hub import ChannelHub
+from gateway.items import Batch, LogEnd, StoredEvent
 from gateway.metrics import Metrics
 from gateway.reader import Delivery, Reader, Reset, encode_delivery
 from gateway.store import EventLog
@@ -73,7 +74,6 @@ async def open_channel(
     channel: str,
     choose: Callable[[Position, int], Start],
     requested: str | None,
-    fresh: bool,
     store: EventLog,
     hub: ChannelHub,
     timing: SessionTiming,
@@ -81,22 +81,28 @@ async def open_channel(
     """Where a session on ``channel`` starts (``choose`` decides from the log's
     head), what it delivers first, and the channel's feed, subscribed (the
     session must ``hub.leave`` it). The session has been admitted (``hub.admit``)."""
-    feed = hub.joinable(channel) if fresh else None
+    feed = hub.joinable(channel)
     if feed is not None:
         # The running feed knows the newest position it has seen, as recent as a
-        # head query: a fresh session starts there without one. Nothing is awaited
+        # head query: a session that starts within it needs none, and its catch-up
+        # comes from the feed's buffer (or the log, when older). Nothing is awaited
         # between finding the feed and joining it, so it cannot stop in between.
         head = feed.position
-        hub.subscribe(channel, feed)
-        return Opened(channel, Reader(head, head.seq, aligned=False), feed, True, [], head)
+        start = choose(head, feed.since)
+        if _settled(start, head):
+            hub.subscribe(channel, feed)
+            rewound = start.rewound_from
+            reader = Reader(start.cursor, start.cursor.seq, aligned=False, rewound_from=rewound)
+            return Opened(
+                channel, reader, feed, start.fresh, _resets(start, requested), start.client_position
+            )
     async with asyncio.timeout(timing.remaining()):
-        newest = await store.last_batch(channel)
-    end = newest.end if newest is not None else None
-    head = Position(end.epoch, end.last) if end is not None else EMPTY
-    start = choose(head, end.since if end is not None else 1)
-    deliveries: list[Delivery] = []
-    if start.reset is not None:
-        deliveries.append(Reset(start.reset, start.cursor, requested))
+        newest = await hub.head(channel)  # shared with the sessions arriving meanwhile
+        end, head, start = _chosen(newest, choose)
+        if not _settled(start, head):  # the shared answer may predate the client's id
+            newest = await store.last_batch(channel)
+            end, head, start = _chosen(newest, choose)
+    deliveries = _resets(start, requested)
     cursor = start.cursor
     if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
         # The newest item holds all there is after the cursor: no read needed.
@@ -106,6 +112,31 @@ async def open_channel(
         reader = Reader(cursor, cursor.seq, aligned=False, rewound_from=start.rewound_from)
     feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
+
+
+def _chosen(
+    newest: Batch | None, choose: Callable[[Position, int], Start]
+) -> tuple[LogEnd | None, Position, Start]:
+    """The log's end and head as ``newest`` says, and the start chosen from them."""
+    end = newest.end if newest is not None else None
+    head = Position(end.epoch, end.last) if end is not None else EMPTY
+    return end, head, choose(head, end.since if end is not None else 1)
+
+
+def _settled(start: Start, head: Position) -> bool:
+    """Whether ``start``, chosen from a ``head`` that may have been read before the
+    client came, holds whatever the log's head is now: a start at that head or
+    within its epoch before it (all appended since is read after it), or before
+    the log's first event. A client whose position is ahead of the head, or in
+    another epoch, may hold what was appended since: its head is read again."""
+    return start.reset in (None, ResetReason.INVALID_ID) and start.cursor.epoch in (
+        None,
+        head.epoch,
+    )
+
+
+def _resets(start: Start, requested: str | None) -> list[Delivery]:
+    return [Reset(start.reset, start.cursor, requested)] if start.reset is not None else []
 
 
 class End(StrEnum):
@@ -196,7 +227,6 @@ async def _single(
         channel,
         lambda head, since: resolve_start(last_event_id, head, since, rewind),
         last_event_id,
-        last_event_id is None and rewind == 0,  # only a start at the head can join a feed
         store,
         hub,
         timing,

@@ -198,7 +198,8 @@ class FaultProxy:
 
     def hold(self, operation: str) -> Hold:
         """The next ``operation`` is applied at once, and its answer waits until the
-        test releases it: an interleaving scripted exactly, whatever the machine's speed."""
+        test releases it: an interleaving scripted exactly, whatever the machine's speed.
+        An answer from ``fail`` waits too (``applied`` is then set when it is chosen)."""
         self._holds[operation] = hold = Hold(threading.Event(), threading.Event())
         return hold
 
@@ -244,6 +245,7 @@ class FaultProxy:
             failing = next((f for f in self._fail_next if f[0] == target), None)
             if failing is not None:
                 self._fail_next.remove(failing)
+                await self._held(target)
                 writer.write(failing[1])
                 await writer.drain()
                 return
@@ -255,15 +257,18 @@ class FaultProxy:
                 self._drop_next.remove(target)
                 return
             await asyncio.sleep(self._delays.get(target, 0))
-            if (hold := self._holds.pop(target, None)) is not None:
-                hold.applied.set()
-                await asyncio.to_thread(hold.released.wait, 30)
+            await self._held(target)
             writer.write(response)
             await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
+
+    async def _held(self, target: str) -> None:
+        if (hold := self._holds.pop(target, None)) is not None:
+            hold.applied.set()
+            await asyncio.to_thread(hold.released.wait, 30)
 
     async def _forward(self, request: bytes) -> bytes:
         head, _, body = request.partition(b"\r\n\r\n")

@@ -10,7 +10,14 @@ from collections.abc import Callable
 import httpx
 
 from tests.eventstream import EventSourceClient, read_session
-from tests.servers import FaultProxy, GatewayProcess, GatewayServer, gauges, publish
+from tests.servers import (
+    FaultProxy,
+    GatewayProcess,
+    GatewayServer,
+    dynamodb_error,
+    gauges,
+    publish,
+)
 
 StartGateway = Callable[..., GatewayServer]
 StartProcess = Callable[..., GatewayProcess]
@@ -170,7 +177,7 @@ async def test_a_head_read_before_a_handed_over_publish_is_no_restart(
     assert [e.last_event_id for e in session.events] == ids
 
 
-async def test_a_resuming_session_whose_head_read_a_handed_over_publish_passed_is_no_restart(
+async def test_a_session_resuming_within_the_running_feed_joins_it_without_a_query(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
     server = gateway(
@@ -183,21 +190,23 @@ async def test_a_resuming_session_whose_head_read_a_handed_over_publish_passed_i
     (first,) = await publish(http, server.url, "resumed", {"data": "a"})
     following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
     await asyncio.sleep(0.3)
-    hold = fault_proxy.hold("query")
-    resuming = asyncio.create_task(
-        read_session(http, url, last_event_id=first, stop=lambda e: len(e) == 2)
-    )
-    assert await asyncio.to_thread(hold.applied.wait, 10)  # its head read found "a"
     ids = await publish(http, server.url, "resumed", {"data": "b"})  # handed to the feed
-    hold.released.set()
+    queries = fault_proxy.seen.count("query")
+    resuming = [
+        asyncio.create_task(
+            read_session(http, url, last_event_id=last, stop=lambda e, n=n: len(e) == n)
+        )
+        for last, n in ((first, 2), (ids[0], 1))
+    ]
     await asyncio.sleep(0.3)
+    assert fault_proxy.seen.count("query") == queries  # the feed's buffer holds "b"
     ids += await publish(http, server.url, "resumed", {"data": "c"})
-    sessions = await asyncio.wait_for(asyncio.gather(following, resuming), 10)
-    # Both sessions go on: the stale head did not end the channel's sessions.
-    assert [[e.last_event_id for e in s.events] for s in sessions] == [ids, ids]
+    sessions = await asyncio.wait_for(asyncio.gather(following, *resuming), 10)
+    assert [[e.last_event_id for e in s.events] for s in sessions] == [ids, ids, ids[1:]]
+    assert fault_proxy.seen.count("query") == queries  # "c" was handed over too
 
 
-async def test_a_resuming_session_whose_head_read_is_older_than_the_feeds_epoch_is_no_restart(
+async def test_a_session_resuming_at_an_expired_feed_position_follows_it_into_a_new_epoch(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
     server = gateway(
@@ -207,23 +216,20 @@ async def test_a_resuming_session_whose_head_read_is_older_than_the_feeds_epoch_
         max_session_seconds=30,
         retention_seconds=3,  # the channel's item expires within the test
         dynamodb_max_attempts=1,
-        dynamodb_timeout_seconds=1.2,  # a held answer must not time out
+        dynamodb_timeout_seconds=1,
     )
     url = f"{server.url}/channels/quiet/events"
     (old,) = await publish(http, server.url, "quiet", {"data": "before"})
     following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
     await asyncio.sleep(3.2)  # the channel sat idle past its retention
-    hold = fault_proxy.hold("query")
+    # It joins the running feed at its position: the feed knows nothing came since.
     resuming = asyncio.create_task(
         read_session(http, url, last_event_id=old, stop=lambda e: len(e) == 2)
     )
-    assert await asyncio.to_thread(hold.applied.wait, 10)  # its head read found "before"
+    await asyncio.sleep(0.3)
     # An epoch opens above the expired item; the feed watches it begin and moves to it.
     ids = await publish(http, server.url, "quiet", {"data": "after"})
     assert ids[0].split("-")[0] != old.split("-")[0]
-    while "quiet" not in server.hub.feeds or server.hub.feeds["quiet"].epoch != ids[0][:8]:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    hold.released.set()  # the session resumes with a head from the epoch before
     await asyncio.sleep(0.3)
     ids += await publish(http, server.url, "quiet", {"data": "later"})
     sessions = await asyncio.wait_for(asyncio.gather(following, resuming), 10)
@@ -231,3 +237,167 @@ async def test_a_resuming_session_whose_head_read_is_older_than_the_feeds_epoch_
     assert [[(e.type, e.last_event_id) for e in s.events] for s in sessions] == [
         [("message", i) for i in ids]
     ] * 2
+
+
+async def _until(condition: Callable[[], object], seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def _until_open(http: httpx.AsyncClient, server: GatewayServer, sessions: int) -> None:
+    """Until ``/metrics`` counts ``sessions`` open sessions."""
+    for _ in range(1500):
+        if (await gauges(http, server.url))["sse_gateway_open_sessions"] == sessions:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the server never had {sessions} open sessions")
+
+
+def _head_queries(proxy: FaultProxy) -> int:
+    """Head queries the store received: newest first, one item."""
+    return sum(
+        t.operation == "query" and json.loads(t.body)["ScanIndexForward"] is False
+        for t in proxy.traced
+    )
+
+
+async def test_a_connect_storm_on_a_cold_channel_costs_one_head_query(
+    gateway: StartGateway, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # the feed reads once as it starts, then only when woken
+        poll_max_seconds=60,
+        max_session_seconds=30,
+        metrics=True,
+    )
+    url = f"{server.url}/channels/cold/events"
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as http:
+        (old,) = await publish(http, server.url, "cold", {"data": "before the storm"})
+        heads, queries = _head_queries(fault_proxy), fault_proxy.seen.count("query")
+        hold = fault_proxy.hold("query")  # the storm's one head query stays out
+        fresh = [
+            asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 1))
+            for _ in range(150)
+        ]
+        resuming = [  # from the head the query will answer: nothing more to read
+            asyncio.create_task(read_session(http, url, last_event_id=old, stop=lambda e: e != []))
+            for _ in range(50)
+        ]
+        assert await asyncio.to_thread(hold.applied.wait, 10)
+        await _until_open(http, server, 200)
+        await asyncio.sleep(0.5)  # every session is waiting for the answer
+        assert _head_queries(fault_proxy) == heads + 1
+        hold.released.set()
+        await _until(lambda: "cold" in server.hub.feeds)
+        await asyncio.sleep(0.5)
+        ids = await publish(http, server.url, "cold", {"data": "after"})
+        sessions = await asyncio.wait_for(asyncio.gather(*fresh, *resuming), 30)
+    # Each had the event, once; the storm cost its head query and the new feed's
+    # first read of the log, and nothing per connection.
+    assert all([e.last_event_id for e in s.events] == ids for s in sessions)
+    assert _head_queries(fault_proxy) == heads + 1
+    assert fault_proxy.seen.count("query") == queries + 2
+
+
+async def test_when_the_storms_one_head_query_fails_every_waiting_session_ends_alike(
+    gateway: StartGateway, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        dynamodb_max_attempts=1,  # the error reaches the gateway, not botocore's retry
+        retry_ms=50,
+        overload_retry_ms=700,  # what a session ended by a store error says
+        metrics=True,
+    )
+    url = f"{server.url}/channels/cold/events"
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as http:
+        (old,) = await publish(http, server.url, "cold", {"data": "before the storm"})
+        queries = fault_proxy.seen.count("query")
+        hold = fault_proxy.hold("query")
+        fault_proxy.fail("query", dynamodb_error("InternalServerError", "Internal server error"))
+        storm = [
+            asyncio.create_task(read_session(http, url, last_event_id=last))
+            for last in [None] * 100 + [old] * 100
+        ]
+        assert await asyncio.to_thread(hold.applied.wait, 10)
+        await _until_open(http, server, 200)
+        await asyncio.sleep(0.5)  # every session is waiting for the answer
+        hold.released.set()
+        sessions = await asyncio.wait_for(asyncio.gather(*storm), 30)
+        # Each ended at once with the overload retry, no frame before it; one query
+        # failed for all of them, and nothing of the storm is left behind.
+        assert [(s.status, s.events) for s in sessions] == [(200, [])] * 200
+        assert all(350 <= (s.retry or 0) <= 700 for s in sessions)  # jittered, not retry_ms
+        assert fault_proxy.seen.count("query") == queries + 1
+        assert (server.hub.head_queries, server.hub.feeds) == (0, {})
+        # The next session asks again, and is served.
+        following = asyncio.create_task(read_session(http, url, stop=lambda e: e != []))
+        await _until(lambda: "cold" in server.hub.feeds)
+        ids = await publish(http, server.url, "cold", {"data": "after"})
+        assert [e.last_event_id for e in (await following).events] == ids
+
+
+async def test_sessions_that_leave_while_waiting_for_the_head_leave_nothing_behind(
+    gateway: StartGateway, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(dynamodb_endpoint_url=fault_proxy.url, max_session_seconds=30, metrics=True)
+    url = f"{server.url}/channels/cold/events"
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as http:
+        await publish(http, server.url, "cold", {"data": "before"})
+        hold = fault_proxy.hold("query")
+        waiting = [
+            asyncio.create_task(read_session(http, url, stop=lambda e: e != [])) for _ in range(5)
+        ]
+        assert await asyncio.to_thread(hold.applied.wait, 10)
+        await _until_open(http, server, 5)
+        for task in waiting[:4]:  # four clients go; the query goes on for the fifth
+            task.cancel()
+        await _until_open(http, server, 1)
+        assert server.hub.head_queries == 1
+        hold.released.set()
+        await _until(lambda: "cold" in server.hub.feeds)
+        ids = await publish(http, server.url, "cold", {"data": "for the fifth"})
+        assert [e.last_event_id for e in (await waiting[4]).events] == ids
+        await _until(lambda: server.hub.feeds == {})
+        # When every waiting client goes, the query is given up: no feed starts.
+        hold = fault_proxy.hold("query")
+        gone = [asyncio.create_task(read_session(http, url)) for _ in range(3)]
+        assert await asyncio.to_thread(hold.applied.wait, 10)
+        await _until_open(http, server, 3)
+        for task in gone:
+            task.cancel()
+        await _until_open(http, server, 0)
+        await _until(lambda: server.hub.head_queries == 0)
+        hold.released.set()
+        await asyncio.sleep(0.3)
+        assert server.hub.feeds == {}
+
+
+async def test_a_rewind_starts_from_the_running_feed_its_buffer_or_the_log_behind_it(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # no polls: the feed learns of publishes by hand-over only
+        poll_max_seconds=60,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/rewound/events"
+    ids = [(await publish(http, server.url, "rewound", {"data": n}))[0] for n in range(3)]
+    following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 3))
+    await asyncio.sleep(0.3)
+    ids += [(await publish(http, server.url, "rewound", {"data": n}))[0] for n in (3, 4)]
+    heads, queries = _head_queries(fault_proxy), fault_proxy.seen.count("query")
+    # Two back: both in the feed's buffer, no query at all.
+    near = await read_session(http, url, params={"rewind": "2"}, stop=lambda e: len(e) == 2)
+    assert [e.last_event_id for e in near.events] == ids[3:]
+    assert fault_proxy.seen.count("query") == queries
+    # Four back: older than the buffer, read from the log, without a head query.
+    far = await read_session(http, url, params={"rewind": "4"}, stop=lambda e: len(e) == 4)
+    assert [e.last_event_id for e in far.events] == ids[1:]
+    assert _head_queries(fault_proxy) == heads
+    ids += await publish(http, server.url, "rewound", {"data": 5})
+    assert [e.last_event_id for e in (await following).events] == ids[3:]
