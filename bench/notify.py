@@ -37,6 +37,7 @@ import httpx
 
 from bench.appends import revisions
 from bench.common import (
+    ONE_SUBJECT,
     Subscriber,
     Target,
     cpu_seconds,
@@ -49,9 +50,6 @@ from bench.common import (
 )
 from bench.latency import measure
 
-# Every subscriber of the bench comes from one address with auth off: one subject,
-# whose shares (gateway/quota.py) must not be what is measured.
-ONE_SUBJECT = {"max_sessions_per_subject": 100_000, "max_feeds_per_subject": 100_000}
 QUERIES = re.compile(r'^sse_gateway_store_requests_total\{operation="query"\} (\S+)$', re.M)
 
 
