@@ -25,8 +25,9 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,15 +35,19 @@ import httpx
 
 from bench.common import (
     ONE_SUBJECT,
+    ROOT,
     Subscriber,
     Target,
     checkout,
     cpu_seconds,
+    free_port,
     gateway,
     moto_server,
     nchan,
     percentile,
     raise_fd_limit,
+    running,
+    wait_http,
     write_result,
 )
 from gateway.dynamodb import open_dynamodb
@@ -140,6 +145,30 @@ async def stored_first(hub: Target, dynamodb: str) -> AsyncIterator[Target]:
         yield replace(hub, name="nchan, stored first", publish=publish)
 
 
+@contextlib.contextmanager
+def stored_first_elsewhere(hub: Target, dynamodb: str) -> Iterator[Target]:
+    """``hub`` (nchan), each event appended to the log by a process of its own first
+    (``bench/floor.py``), as the gateway's appends run in the gateway's process."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.floor", "--port", str(port), "--nchan", hub.base]
+    command += ["--dynamodb", dynamodb, "--table", f"bench-floor-{time.time_ns()}"]
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    env["AWS_DEFAULT_REGION"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    with running(command, env, ROOT) as process:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/channels/warmup/events")
+
+        async def publish(
+            client: httpx.AsyncClient, channel: str, data: dict[str, object]
+        ) -> object:
+            response = await client.post(f"{base}/channels/{channel}/events", json={"data": data})
+            response.raise_for_status()
+            return response.json()["ids"][0]
+
+        pids = [*hub.pids, process.pid]
+        yield replace(hub, name="nchan, stored first elsewhere", pids=pids, publish=publish)
+
+
 @contextlib.asynccontextmanager
 async def targets(
     dynamodb: str, with_nchan: bool, baseline: str | None
@@ -177,9 +206,11 @@ async def targets(
         if with_nchan:
             hub = stack.enter_context(nchan())
             floor = await stack.enter_async_context(stored_first(hub, dynamodb))
+            apart = stack.enter_context(stored_first_elsewhere(hub, dynamodb))
             found += [
                 ("nchan", hub, hub),
                 ("nchan, each event first appended to the log", floor, floor),
+                ("nchan, each event first appended by a process of its own", apart, apart),
             ]
         yield found
 

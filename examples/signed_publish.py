@@ -3,7 +3,7 @@
 Lambda checks a SigV4 signature (service ``lambda``) before the function runs, and
 the signature takes the ``Authorization`` header, so the JWT channel grant goes in
 ``?token=`` instead. The caller's IAM identity needs ``lambda:InvokeFunctionUrl``
-and ``lambda:InvokeFunction`` on the publish function (README.md, "On AWS Lambda").
+and ``lambda:InvokeFunction`` on the publish function (docs/deploy-aws.md).
 
     python examples/signed_publish.py "$PUBLISH_URL" orders:42 '{"status": "paid"}' \\
         --token "$JWT" [--idempotency-key order-42-paid]
