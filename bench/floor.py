@@ -2,10 +2,10 @@
 then handed to nchan.
 
 ``bench.latency``'s first floor appends from the load generator's own event loop,
-which at 100 and 1000 subscribers is busy reading the previous event's
-deliveries, so its appends wait behind socket reads the gateway's do not: the
-gateway measured below that floor. Here the append runs where the gateway's
-does, in a server process that does nothing else, through the same Python API
+which at 100 and 1000 subscribers is also reading the previous event's
+deliveries, so its appends could wait behind socket reads the gateway's do not
+(BENCHMARKS.md section 12 measured the two floors alike). Here the append runs
+where the gateway's does, in a server process that does nothing else, through the same Python API
 (the same conditional write on the same store), and the event is then
 published to nchan over one kept-alive connection.
 
