@@ -241,3 +241,32 @@ async def test_an_answer_that_fails_dynamodbs_checksum_is_tried_again(
         before = fault_proxy.seen.count("query")
         assert [e.data for e in (await log.read_after("c", 0)).events] == ["1"]
         assert fault_proxy.seen.count("query") - before == 2
+
+
+@pytest.mark.parametrize("path", ["client", "lean"])
+async def test_a_garbled_answer_that_fails_dynamodbs_checksum_is_tried_again(
+    make_settings: Callable[..., Settings], fault_proxy: FaultProxy, path: str
+) -> None:
+    # A body garbled on the way (what the CRC32 is for) need not be JSON any more:
+    # botocore's parser then answers {"message": ...}, the checksum fails, and
+    # standard mode tries again. The lean path must too, not raise a JSONDecodeError
+    # (no StoreError: a session would end without retry:).
+    body = b'{"Count": 0, "Items": [], "ScannedCount": 0}'
+    garbled = body.replace(b"}", b"]", 1)  # one byte off: not JSON
+    corrupt = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"x-amz-crc32: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (zlib.crc32(body), len(garbled))
+    ) + garbled
+    settings = make_settings(dynamodb_endpoint_url=fault_proxy.url, dynamodb_max_attempts=2)
+    params = _query(settings.table_name, "c", 0)
+    async with open_dynamodb(settings, local_session()) as client:
+        await ensure_table(client, settings.table_name)
+        fault_proxy.fail("query", corrupt)
+        before = fault_proxy.seen.count("query")
+        if path == "client":
+            answer: Any = await client.query(**params)
+        else:
+            answer = await LeanQuery(client).query(params)
+    assert answer["Items"] == []
+    assert fault_proxy.seen.count("query") - before == 2
