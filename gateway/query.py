@@ -210,14 +210,13 @@ class LeanQuery:
             try:
                 http = await self._http.send(await self.signed(headers, body))
                 content = await http.content
-                if http.status_code == 200:
+                if http.status_code == 200 and _intact(content, http.headers):
                     answer: dict[str, Any] = json.loads(content)
-                    # Standard mode's one retry of a 200: DynamoDB's body checksum.
-                    if _intact(content, http.headers):
-                        self._quota.release_retry_quota(request_context, http)  # type: ignore[arg-type]
-                        return answer
-                    parsed = answer
+                    self._quota.release_retry_quota(request_context, http)  # type: ignore[arg-type]
+                    return answer
                 else:
+                    # A 200 that fails DynamoDB's checksum (standard mode's one retry
+                    # of a 200) may not be JSON any more: botocore's parser reads it.
                     parsed = self._parser.parse(
                         {"status_code": http.status_code, "headers": http.headers, "body": content},
                         self._output_shape,
@@ -239,7 +238,8 @@ class LeanQuery:
                 raise caught
             assert http is not None and parsed is not None
             if http.status_code == 200:
-                return parsed  # as botocore returns it once retries are spent
+                spent: dict[str, Any] = parsed  # as botocore returns it once retries are spent
+                return spent
             code = parsed.get("Error", {}).get("Code")
             raise self._exceptions.from_code(code)(parsed, "Query")
 
