@@ -24,6 +24,11 @@ What stays botocore's and aiobotocore's own:
   raised as the client's own ``ClientError`` subclass, so ``store_errors``
   translates it as before.
 
+One difference, on purpose: a 200 that fails the CRC32 check on every attempt
+raises botocore's ``ChecksumError`` (an outage to ``store_errors``), where
+botocore returns the garbled body as parsed, which the log would read as a
+channel without items.
+
 SigV4 is the one piece written here (about twenty lines, AWS's published
 algorithm); ``tests/test_query.py`` proves the Authorization header equal to
 botocore's ``SigV4Auth`` for the same request, credentials and time. A 200's
@@ -52,7 +57,7 @@ from urllib.parse import urlsplit
 from aiobotocore.retries.standard import AioRetryPolicy, AioStandardRetryConditions
 from botocore.auth import SIGNED_HEADERS_BLACKLIST
 from botocore.awsrequest import AWSPreparedRequest
-from botocore.exceptions import BotoCoreError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ChecksumError, NoCredentialsError
 from botocore.parsers import create_parser
 from botocore.retries.quota import RetryQuota
 from botocore.retries.standard import ExponentialBackoff, RetryContext, RetryQuotaChecker
@@ -238,8 +243,14 @@ class LeanQuery:
                 raise caught
             assert http is not None and parsed is not None
             if http.status_code == 200:
-                spent: dict[str, Any] = parsed  # as botocore returns it once retries are spent
-                return spent
+                # Every attempt failed DynamoDB's checksum. botocore would return the
+                # body as parsed, which the log would read as a channel with no items
+                # (a reset, a replay); an outage is the truth, and what callers handle.
+                raise ChecksumError(
+                    checksum_type="crc32",
+                    expected_checksum=http.headers.get("x-amz-crc32"),
+                    actual_checksum=str(zlib.crc32(content) & 0xFFFFFFFF),
+                )
             code = parsed.get("Error", {}).get("Code")
             raise self._exceptions.from_code(code)(parsed, "Query")
 

@@ -270,3 +270,22 @@ async def test_a_garbled_answer_that_fails_dynamodbs_checksum_is_tried_again(
             answer = await LeanQuery(client).query(params)
     assert answer["Items"] == []
     assert fault_proxy.seen.count("query") - before == 2
+
+
+async def test_answers_that_fail_dynamodbs_checksum_on_every_attempt_are_an_outage(
+    open_log: OpenLog, fault_proxy: FaultProxy
+) -> None:
+    # Not botocore's way (it returns the last body as parsed, which would read as a
+    # channel without items): the store is unavailable, so a session ends with retry:.
+    body = b'{"Count": 0, "Items": [], "ScannedCount": 0}'
+    corrupt = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"x-amz-crc32: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % ((zlib.crc32(body) + 1) & 0xFFFFFFFF, len(body))
+    ) + body
+    async with open_log(dynamodb_endpoint_url=fault_proxy.url, dynamodb_max_attempts=2) as log:
+        await log.append("c", [NewEvent("1")])
+        fault_proxy.fail("query", corrupt, times=2)
+        with pytest.raises(StoreUnavailable, match="crc32"):
+            await log.read_after("c", 0)
+        assert [e.data for e in (await log.read_after("c", 0)).events] == ["1"]
