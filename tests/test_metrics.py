@@ -238,6 +238,15 @@ async def test_metrics_count_idle_and_disconnected_sessions(
     assert value(samples, "sse_gateway_open_sessions") == 0
 
 
+async def _following(server: GatewayServer, channel: str) -> None:
+    """Until ``server`` runs ``channel``'s feed: a session there has subscribed."""
+    for _ in range(400):
+        if channel in server.hub.feeds:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no feed for {channel} in 20 s")
+
+
 async def test_metrics_count_token_expiry_limit_and_shutdown_ends(
     gateway: StartGateway, http: httpx.AsyncClient
 ) -> None:
@@ -251,7 +260,7 @@ async def test_metrics_count_token_expiry_limit_and_shutdown_ends(
     )
     url = f"{server.url}/channels/%s/events?token={mint({**GRANT, 'exp': int(time.time()) + 2})}"
     held = asyncio.create_task(read_session(http, url % "orders:1"))
-    await asyncio.sleep(0.3)
+    await _following(server, "orders:1")  # its feed takes the one place
     refused = await read_session(http, url % "orders:2")  # a second feed: over the limit
     assert refused.status == 200
     await held  # ends at the token's expiry
@@ -264,7 +273,7 @@ async def test_metrics_count_token_expiry_limit_and_shutdown_ends(
     shutting = asyncio.create_task(
         read_session(http, f"{server.url}/channels/orders:3/events?token={token}")
     )
-    await asyncio.sleep(0.3)
+    await _following(server, "orders:3")
     assert server._loop is not None
     server._loop.call_soon_threadsafe(server.hub.close)  # as uvicorn's shutdown does
     assert (await shutting).retry == 50
