@@ -385,8 +385,10 @@ async def test_an_idle_session_ends_early_with_the_idle_retry_and_loses_nothing(
 async def test_a_busy_session_is_not_idle_and_ends_with_the_normal_retry(
     gateway: StartGateway, http: httpx.AsyncClient
 ) -> None:
+    # Idle after 1 s without an event while one is published every 0.1 s: a loaded
+    # machine's slow publish must not pass for idleness.
     server = gateway(
-        max_session_seconds=1.5, idle_session_seconds=0.4, idle_retry_ms=300, session_jitter=0
+        max_session_seconds=3, idle_session_seconds=1.0, idle_retry_ms=300, session_jitter=0
     )
     url = f"{server.url}/channels/busy/events"
     # From before the first event, so none is published before the session reads.
