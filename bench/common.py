@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +188,20 @@ def python_module(module: str, source: Path | None) -> tuple[list[str], Path, di
     return [sys.executable, "-m", module], source or ROOT, {"PYTHONPATH": str(ROOT)}
 
 
+Publish = Callable[[httpx.AsyncClient, str, dict[str, object]], Awaitable[object]]
+
+
+def gateway_publish(base: str) -> Publish:
+    """Publishing one event through the gateway's HTTP API at ``base``: its id."""
+
+    async def publish(client: httpx.AsyncClient, channel: str, data: dict[str, object]) -> object:
+        response = await client.post(f"{base}/channels/{channel}/events", json={"data": data})
+        response.raise_for_status()
+        return response.json()["ids"][0]
+
+    return publish
+
+
 @contextlib.contextmanager
 def gateway(
     dynamodb: str,
@@ -214,14 +228,7 @@ def gateway(
     with running(command, {**env, **more_env}, cwd) as process:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
-
-        async def publish(
-            client: httpx.AsyncClient, channel: str, data: dict[str, object]
-        ) -> object:
-            response = await client.post(f"{base}/channels/{channel}/events", json={"data": data})
-            response.raise_for_status()
-            return response.json()["ids"][0]
-
+        publish = gateway_publish(base)
         yield Target("sse-gateway", base, [process.pid], lambda c: f"/channels/{c}/events", publish)
 
 

@@ -42,6 +42,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     gateway,
+    gateway_publish,
     moto_server,
     nchan,
     percentile,
@@ -157,15 +158,8 @@ def stored_first_elsewhere(hub: Target, dynamodb: str) -> Iterator[Target]:
     with running(command, env, ROOT) as process:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/channels/warmup/events")
-
-        async def publish(
-            client: httpx.AsyncClient, channel: str, data: dict[str, object]
-        ) -> object:
-            response = await client.post(f"{base}/channels/{channel}/events", json={"data": data})
-            response.raise_for_status()
-            return response.json()["ids"][0]
-
         pids = [*hub.pids, process.pid]
+        publish = gateway_publish(base)  # the floor answers as the gateway's API does
         yield replace(hub, name="nchan, stored first elsewhere", pids=pids, publish=publish)
 
 

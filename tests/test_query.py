@@ -226,15 +226,22 @@ async def test_the_clients_before_call_handlers_see_each_query_once(
     assert [t.trace_id for t in queries] == ["Root=1-lean", "Root=1-lean"]
 
 
+EMPTY_ANSWER = b'{"Count": 0, "Items": [], "ScannedCount": 0}'
+
+
+def _answer(body: bytes, *, crc32: int) -> bytes:
+    """A whole HTTP answer of 200 with ``body`` and DynamoDB's ``x-amz-crc32`` header."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        b"x-amz-crc32: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+    )
+    return head % (crc32 & 0xFFFFFFFF, len(body)) + body
+
+
 async def test_an_answer_that_fails_dynamodbs_checksum_is_tried_again(
     open_log: OpenLog, fault_proxy: FaultProxy
 ) -> None:
-    body = b'{"Count": 0, "Items": [], "ScannedCount": 0}'
-    corrupt = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
-        b"x-amz-crc32: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % ((zlib.crc32(body) + 1) & 0xFFFFFFFF, len(body))
-    ) + body
+    corrupt = _answer(EMPTY_ANSWER, crc32=zlib.crc32(EMPTY_ANSWER) + 1)
     async with open_log(dynamodb_endpoint_url=fault_proxy.url, dynamodb_max_attempts=2) as log:
         await log.append("c", [NewEvent("1")])
         fault_proxy.fail("query", corrupt)
@@ -251,13 +258,8 @@ async def test_a_garbled_answer_that_fails_dynamodbs_checksum_is_tried_again(
     # botocore's parser then answers {"message": ...}, the checksum fails, and
     # standard mode tries again. The lean path must too, not raise a JSONDecodeError
     # (no StoreError: a session would end without retry:).
-    body = b'{"Count": 0, "Items": [], "ScannedCount": 0}'
-    garbled = body.replace(b"}", b"]", 1)  # one byte off: not JSON
-    corrupt = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
-        b"x-amz-crc32: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % (zlib.crc32(body), len(garbled))
-    ) + garbled
+    garbled = EMPTY_ANSWER.replace(b"}", b"]", 1)  # one byte off: not JSON
+    corrupt = _answer(garbled, crc32=zlib.crc32(EMPTY_ANSWER))
     settings = make_settings(dynamodb_endpoint_url=fault_proxy.url, dynamodb_max_attempts=2)
     params = _query(settings.table_name, "c", 0)
     async with open_dynamodb(settings, local_session()) as client:
@@ -277,12 +279,7 @@ async def test_answers_that_fail_dynamodbs_checksum_on_every_attempt_are_an_outa
 ) -> None:
     # Not botocore's way (it returns the last body as parsed, which would read as a
     # channel without items): the store is unavailable, so a session ends with retry:.
-    body = b'{"Count": 0, "Items": [], "ScannedCount": 0}'
-    corrupt = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
-        b"x-amz-crc32: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % ((zlib.crc32(body) + 1) & 0xFFFFFFFF, len(body))
-    ) + body
+    corrupt = _answer(EMPTY_ANSWER, crc32=zlib.crc32(EMPTY_ANSWER) + 1)
     async with open_log(dynamodb_endpoint_url=fault_proxy.url, dynamodb_max_attempts=2) as log:
         await log.append("c", [NewEvent("1")])
         fault_proxy.fail("query", corrupt, times=2)
