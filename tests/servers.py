@@ -33,10 +33,12 @@ from infra.table import ensure_table
 
 
 class GatewayServer:
-    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread."""
+    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread; its
+    store reads the time from ``clock``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self._clock = clock
         self.url = ""
         self.store: EventLog | None = None
         self.app: Any = None
@@ -84,7 +86,9 @@ class GatewayServer:
         async with open_dynamodb(self.settings, local_session()) as client:
             await ensure_table(client, self.settings.table_name)
             metrics = metrics_for(self.settings)
-            self.store = EventLog.for_settings(client, self.settings, metrics=metrics)
+            self.store = EventLog.for_settings(
+                client, self.settings, metrics=metrics, clock=self._clock
+            )
             self.app = create_app(self.settings, self.store, metrics=metrics)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
