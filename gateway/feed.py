@@ -84,6 +84,7 @@ class ChannelFeed:
             self._scanned_to, max_events=buffer_events, max_bytes=buffer_bytes
         )
         self._end_expires_at = start.expires_at if start else None
+        self._moved_at = time.monotonic()  # when it reached its position
         # New epochs this feed saw begin right after a position it had reached, and
         # whether the item at its position was live when reached (so nothing after
         # it had been deleted then, and polls have seen everything since).
@@ -145,6 +146,10 @@ class ChannelFeed:
         if head.last < self._since and self._store.has_expired(head.expires_at):
             return True
         return head.since > at
+
+    def moved_after(self, moment: float) -> bool:
+        """Whether the feed reached its position after ``moment`` (on time.monotonic)."""
+        return self._moved_at > moment
 
     @property
     def buffered_bytes(self) -> int:
@@ -245,6 +250,8 @@ class ChannelFeed:
             # An in-process append may have been handed over while the poll was out.
             fresh = [event for event in page.events if event.seq > self._scanned_to]
             if page.scanned_to >= self._scanned_to:
+                if page.scanned_to > self._scanned_to:
+                    self._moved_at = time.monotonic()
                 self._scanned_to, self._aligned = page.scanned_to, True
             if fresh:
                 self._deliver(fresh, "poll")
@@ -312,6 +319,7 @@ class ChannelFeed:
         # Appends may share an item (group commit): the position may now lie inside
         # one, so the next poll also looks for the rest of the item.
         self._scanned_to, self._aligned = events[-1].seq, False
+        self._moved_at = time.monotonic()
         self._position_proven = True
         self._deliver(list(events), source)
         return True

@@ -82,26 +82,20 @@ async def open_channel(
     head), what it delivers first, and the channel's feed, subscribed (the
     session must ``hub.leave`` it). The session has been admitted (``hub.admit``)."""
     feed = hub.joinable(channel)
-    if feed is not None:
-        # The running feed knows the newest position it has seen, as recent as a
-        # head query: a session that starts within it needs none, and its catch-up
-        # comes from the feed's buffer (or the log, when older). Nothing is awaited
-        # between finding the feed and joining it, so it cannot stop in between.
-        head = feed.position
-        start = choose(head, feed.since)
-        if _settled(start, head):
-            hub.subscribe(channel, feed)
-            rewound = start.rewound_from
-            reader = Reader(start.cursor, start.cursor.seq, aligned=False, rewound_from=rewound)
-            return Opened(
-                channel, reader, feed, start.fresh, _resets(start, requested), start.client_position
-            )
+    if feed is not None and (joined := _join(channel, feed, choose, requested, hub)) is not None:
+        return joined
     async with asyncio.timeout(timing.remaining()):
-        newest = await hub.head(channel)  # shared with the sessions arriving meanwhile
+        newest, asked_at = await hub.head(channel)  # shared with the sessions arriving meanwhile
         end, head, start = _chosen(newest, choose)
         if not _settled(start, head):  # the shared answer may predate the client's id
+            asked_at = time.monotonic()
             newest = await store.last_batch(channel)
             end, head, start = _chosen(newest, choose)
+    # A feed that moved on while the query was out knows more than its answer: a
+    # session starts from what it knows, and the answer cannot restart it.
+    feed = hub.moved_on(channel, head, asked_at)
+    if feed is not None and (joined := _join(channel, feed, choose, requested, hub)) is not None:
+        return joined
     deliveries = _resets(start, requested)
     cursor = start.cursor
     if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
@@ -112,6 +106,29 @@ async def open_channel(
         reader = Reader(cursor, cursor.seq, aligned=False, rewound_from=start.rewound_from)
     feed = hub.subscribe(channel, end)
     return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
+
+
+def _join(
+    channel: str,
+    feed: ChannelFeed,
+    choose: Callable[[Position, int], Start],
+    requested: str | None,
+    hub: ChannelHub,
+) -> Opened | None:
+    """The session at the running ``feed``, subscribed, when the newest position the
+    feed has seen settles its start: the session needs no head query, and its
+    catch-up comes from the feed's buffer (or the log, when older). Nothing is
+    awaited between finding the feed and joining it, so it cannot stop in between."""
+    head = feed.position
+    start = choose(head, feed.since)
+    if not _settled(start, head):
+        return None
+    hub.subscribe(channel, feed)
+    rewound = start.rewound_from
+    reader = Reader(start.cursor, start.cursor.seq, aligned=False, rewound_from=rewound)
+    return Opened(
+        channel, reader, feed, start.fresh, _resets(start, requested), start.client_position
+    )
 
 
 def _chosen(

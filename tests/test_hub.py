@@ -401,3 +401,40 @@ async def test_a_rewind_starts_from_the_running_feed_its_buffer_or_the_log_behin
     assert _head_queries(fault_proxy) == heads
     ids += await publish(http, server.url, "rewound", {"data": 5})
     assert [e.last_event_id for e in (await following).events] == ids[3:]
+
+
+async def test_a_head_answer_read_before_the_feeds_first_event_does_not_restart_it(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # the feed looks at the head once, as it starts
+        poll_max_seconds=60,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/first/events"
+    # The first session finds the channel empty and starts its feed, whose first look
+    # at the head stays out: the feed is not joinable yet.
+    answered = fault_proxy.hold("query")
+    first = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
+    assert await asyncio.to_thread(answered.applied.wait, 10)
+    feeds_look = fault_proxy.hold("query")
+    answered.released.set()
+    assert await asyncio.to_thread(feeds_look.applied.wait, 10)
+    # The second session's head query reads the empty log too; its answer comes back
+    # after the feed took the channel's first event.
+    stale = fault_proxy.hold("query")
+    second = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 1))
+    assert await asyncio.to_thread(stale.applied.wait, 10)
+    ids = await publish(http, server.url, "first", {"data": 1})  # handed to the feed
+    stale.released.set()
+    await _until(lambda: server.hub.head_queries == 0)
+    await asyncio.sleep(0.3)  # the second session has joined (or restarted) the feed
+    ids += await publish(http, server.url, "first", {"data": 2})
+    sessions = await asyncio.wait_for(asyncio.gather(first, second), 20)
+    feeds_look.released.set()
+    # The feed went on: the first session had both events in one session, and the
+    # second joined at the feed's position, as any session that finds a feed running.
+    assert [e.last_event_id for e in sessions[0].events] == ids
+    assert [e.last_event_id for e in sessions[1].events] == ids[1:]
+    assert sessions[1].events[0].type == "message"
