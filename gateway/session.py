@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import wire
-from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start
+from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start, unrewound
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.fanout import Attached, Outlet
 from gateway.feed import ChannelFeed
@@ -86,11 +86,11 @@ async def open_channel(
         return joined
     async with asyncio.timeout(timing.remaining()):
         newest, asked_at = await hub.head(channel)  # shared with the sessions arriving meanwhile
-        end, head, start = _chosen(newest, choose)
+        end, head, start = _chosen(newest, choose, store)
         if not _settled(start, head):  # the shared answer may predate the client's id
             asked_at = time.monotonic()
             newest = await store.last_batch(channel)
-            end, head, start = _chosen(newest, choose)
+            end, head, start = _chosen(newest, choose, store)
     # A feed that moved on while the query was out knows more than its answer: a
     # session starts from what it knows, and the answer cannot restart it.
     feed = hub.moved_on(channel, head, asked_at)
@@ -121,6 +121,8 @@ def _join(
     awaited between finding the feed and joining it, so it cannot stop in between."""
     head = feed.position
     start = choose(head, feed.since)
+    if feed.retains_nothing:
+        start = unrewound(start)
     if not _settled(start, head):
         return None
     hub.subscribe(channel, feed)
@@ -132,12 +134,15 @@ def _join(
 
 
 def _chosen(
-    newest: Batch | None, choose: Callable[[Position, int], Start]
+    newest: Batch | None, choose: Callable[[Position, int], Start], store: EventLog
 ) -> tuple[LogEnd | None, Position, Start]:
     """The log's end and head as ``newest`` says, and the start chosen from them."""
     end = newest.end if newest is not None else None
     head = Position(end.epoch, end.last) if end is not None else EMPTY
-    return end, head, choose(head, end.since if end is not None else 1)
+    start = choose(head, end.since if end is not None else 1)
+    if end is not None and store.has_expired(end.expires_at):
+        start = unrewound(start)
+    return end, head, start
 
 
 def _settled(start: Start, head: Position) -> bool:
