@@ -16,6 +16,12 @@ position than the answer: those sessions ask again (``gateway/session.py``).
 Nor is it news to a feed that moved on while the query was out (it took the
 channel's first events, say): such an answer never restarts the feed
 (``moved_on``); its sessions start from the feed's position instead.
+
+A query the store does not answer holds its waiters for one attempt's timeout
+at most (``SSE_GATEWAY_DYNAMODB_TIMEOUT_SECONDS``): botocore then gives the
+attempt up and sends it again (or, with no attempts left, fails it for all),
+and the waiters take that answer. Without the shared query the session that
+sent it would wait as long; the others share its wait instead of each asking.
 """
 
 from __future__ import annotations
