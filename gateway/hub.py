@@ -12,7 +12,7 @@ alike, with the same error (each session ends with ``retry:``).
 An answer read before a session arrived is as good as one read after for most
 starts (a fresh session, or a position the answer already holds: whatever was
 appended since is read after it), but not for a client that holds a newer
-position than the answer: those sessions ask again (``gateway/session.py``).
+position than the answer: those sessions ask again (``gateway/opening.py``).
 Nor is it news to a feed that moved on while the query was out (it took the
 channel's first events, say): such an answer never restarts the feed
 (``moved_on``); its sessions start from the feed's position instead.
