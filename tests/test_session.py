@@ -603,10 +603,13 @@ async def test_a_rewind_whose_events_all_expired_resumes_as_a_session_at_the_hea
         **FAST_EXPIRY, poll_min_seconds=60, poll_max_seconds=60, max_session_seconds=30
     )
     url = f"{server.url}/channels/idle/events"
+
+    def delivered(events: list[MessageEvent]) -> bool:
+        return any(e.type == "message" for e in events)
+
     old = await _channel_of(http, server.url, "idle", [1, 1, 1])
     # A session follows the channel while its events are live, then sits idle past
     # their retention: its feed knows that nothing came since.
-    delivered = lambda events: any(e.type == "message" for e in events)  # noqa: E731
     following = asyncio.create_task(read_session(http, url, stop=delivered))
     await asyncio.sleep(2.2)
     cut = await read_session(http, url, params={"rewind": "2"}, stop=lambda events: True)
