@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 _EVENT_ID = re.compile(r"(?:(?P<epoch>[0-9a-f]{8})-(?P<seq>0|[1-9][0-9]{0,17}))|(?P<empty>0)")
@@ -146,6 +146,18 @@ def invalid_start(head: Position, since: int, rewind: int) -> Start:
     """A subscription whose id is not ours: where a fresh one starts, with a reset."""
     start = rewind_start(head, since, rewind)
     return Start(start.cursor, reset=ResetReason.INVALID_ID, rewound_from=start.rewound_from)
+
+
+def unrewound(start: Start) -> Start:
+    """``start`` without its rewind, for a log that retains none of the events it
+    counts back over (the head's own item has expired): at the head, where
+    ``rewound_cursor`` would put the reader at its first event anyway. The client
+    holds the head's id until then, as without a rewind: a position before it would
+    claim a stretch the log no longer holds, and a reconnect from there would be
+    told that history expired."""
+    if start.rewound_from is None:
+        return start
+    return replace(start, cursor=start.rewound_from, rewound_from=None)
 
 
 def rewound_cursor(cursor: Position, head: Position, epoch: str, seq: int) -> Position:

@@ -17,6 +17,7 @@ from gateway.cursor import (
     rewind_start,
     rewound_cursor,
     step,
+    unrewound,
 )
 
 HEAD = Position("0a1b2c3d", 42)
@@ -233,3 +234,12 @@ def test_a_rewound_reader_stands_right_before_the_first_retained_event_of_its_wi
     cursor = Position(HEAD.epoch, 32)
     expected = Position(HEAD.epoch, stands_at)
     assert rewound_cursor(cursor, HEAD, epoch, seq) == expected
+
+
+def test_a_rewind_over_a_log_that_retains_none_of_it_starts_at_the_head() -> None:
+    # Where the reader would stand at its first event anyway (rewound_cursor): the
+    # client holds the head's id, as a fresh session without a rewind does.
+    assert unrewound(rewind_start(HEAD, 1, 10)) == rewind_start(HEAD, 1, 0)
+    assert unrewound(invalid_start(HEAD, 1, 10)) == invalid_start(HEAD, 1, 0)
+    resumed = resolve_start("0a1b2c3d-40", HEAD, 1, 10)
+    assert unrewound(resumed) == resumed  # a position of the client's own is kept
