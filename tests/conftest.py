@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -101,8 +102,8 @@ def gateway(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Ga
     """A factory of running gateway servers on the test's table; all stop at teardown."""
     servers: list[GatewayServer] = []
 
-    def start(**overrides: Any) -> GatewayServer:
-        server = GatewayServer(make_settings(**overrides)).__enter__()
+    def start(protocol: type[asyncio.Protocol] | None = None, **overrides: Any) -> GatewayServer:
+        server = GatewayServer(make_settings(**overrides), protocol).__enter__()
         servers.append(server)
         return server
 
