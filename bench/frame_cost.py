@@ -6,8 +6,9 @@ The gateway (``sse-gateway dev``, uvloop + httptools, metrics on) runs under
 valgrind's callgrind, its subscribers and its publisher in this process, moto in
 a process of its own. Each event is published through the gateway's HTTP API and
 the next one only once every subscriber has it, as the latency benchmark's events
-come one at a time. Counted (``callgrind_control --zero`` / ``--dump`` around
-``--events`` publishes, after a warm-up):
+come one at a time. A pass, on a channel of its own, counts
+(``callgrind_control --zero`` / ``--dump`` around ``--events`` publishes, after
+a warm-up):
 - with 1 subscriber: a publish and its one frame;
 - with 1 + ``--subscribers``: the same publishes and ``--subscribers`` more frames
   each. The difference over the extra frames is the **marginal cost of a
@@ -15,10 +16,11 @@ come one at a time. Counted (``callgrind_control --zero`` / ``--dump`` around
   figure the comparison rests on, repeatable on a loaded machine (instructions,
   not time). The whole count over all deliveries is what a frame costs with the
   publish's share: what ``bench.latency`` calls CPU per frame.
-- an idle window of ``--idle`` seconds: what the process spends per second on
-  nothing (uvicorn's ticks), since a run under valgrind lasts a while; it
-  is reported, not subtracted.
-The kernel's part of a write (the socket send) is outside what callgrind counts.
+``--passes`` run one after the other in one process, as ``bench.latency``'s
+rounds do (does a later one cost more?); then an idle window of ``--idle``
+seconds says what the process spends per second on nothing (uvicorn's ticks),
+which a run under valgrind, slow as it is, also counts. The kernel's part of a
+write (the socket send) is outside what callgrind counts.
 
     .venv/bin/python -m bench.frame_cost --baseline main   # bench/results/frame-cost.json
 """
@@ -172,40 +174,62 @@ def counted_gateway(
         yield target, counted
 
 
-async def measure(
-    dynamodb: str, source: Path | None, tmp: Path, subscribers: int, events: int, idle: float
+async def one_pass(
+    target: Target, counted: Counted, subscribers: int, events: int
 ) -> dict[str, object]:
-    with counted_gateway(dynamodb, source, tmp) as (target, counted):
-        audience = Audience(target, f"frames-{uuid.uuid4().hex[:8]}")
-        poster = Poster(target.base)
-        try:
-            await audience.grow(1)
-            await audience.take(poster, 5)  # warm: the feed runs, the session attached
-            counted.zero()
-            await audience.take(poster, events)
-            alone, alone_dump = counted.dump()
-            await audience.grow(subscribers)
-            await audience.take(poster, 5)
-            counted.zero()
-            started = time.monotonic()
-            await audience.take(poster, events)
-            fanned = time.monotonic() - started
-            crowd, dump = counted.dump()
-            counted.zero()
-            await asyncio.sleep(idle)
-            quiet, _ = counted.dump()
-        finally:
-            poster.close()
-            await audience.close()
+    """A channel of its own: 1 subscriber counted, then 1 + ``subscribers``; all leave."""
+    audience = Audience(target, f"frames-{uuid.uuid4().hex[:8]}")
+    poster = Poster(target.base)
+    try:
+        await audience.grow(1)
+        await audience.take(poster, 5)  # warm: the feed runs, the session attached
+        counted.zero()
+        await audience.take(poster, events)
+        alone, alone_dump = counted.dump()
+        await audience.grow(subscribers)
+        await audience.take(poster, 5)
+        counted.zero()
+        await audience.take(poster, events)
+        crowd, crowd_dump = counted.dump()
+    finally:
+        poster.close()
+        await audience.close()
     extra = subscribers * events
     return {
         "instructions_per_frame": round((crowd - alone) / extra),
         "instructions_per_frame_with_publish": round(crowd / ((subscribers + 1) * events)),
         "instructions_per_publish_alone": round(alone / events),
+        "callgrind": {"one subscriber": alone, "crowd": crowd},
+        "functions_per_frame": marginal_functions(alone_dump, crowd_dump, extra),
+    }
+
+
+async def measure(
+    dynamodb: str,
+    source: Path | None,
+    tmp: Path,
+    subscribers: int,
+    events: int,
+    passes: int,
+    idle: float,
+) -> dict[str, object]:
+    """``passes`` one after the other in one gateway process (as ``bench.latency``'s
+    rounds are: does a frame cost more in a later one?), then the idle window."""
+    with counted_gateway(dynamodb, source, tmp) as (target, counted):
+        done = [await one_pass(target, counted, subscribers, events) for _ in range(passes)]
+        await asyncio.sleep(1)  # the last pass's connections closed
+        counted.zero()
+        await asyncio.sleep(idle)
+        quiet, _ = counted.dump()
+    # Where the frames' instructions go, from the first pass.
+    functions = done[0]["functions_per_frame"]
+    for row in done:
+        del row["functions_per_frame"]
+    return {
+        "instructions_per_frame": [row["instructions_per_frame"] for row in done],
+        "passes": done,
         "idle_instructions_per_second": round(quiet / idle),
-        "fan_out_seconds_under_valgrind": round(fanned, 1),
-        "callgrind": {"one subscriber": alone, "crowd": crowd, "idle": quiet},
-        "functions_per_frame": marginal_functions(alone_dump, dump, extra),
+        "functions_per_frame": functions,
     }
 
 
@@ -215,6 +239,7 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--events", type=int, default=20, help="counted publishes per phase")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each revision, alternating")
+    parser.add_argument("--passes", type=int, default=3, help="passes in each run's process")
     parser.add_argument("--idle", type=float, default=10, help="seconds of the idle window")
     parser.add_argument("--output", default="frame-cost")
     args = parser.parse_args()
@@ -228,12 +253,19 @@ async def main() -> None:
         for round_ in range(1, args.rounds + 1):
             for label, source in code:
                 row = await measure(
-                    moto.url, source, Path(tmp), args.subscribers, args.events, args.idle
+                    moto.url,
+                    source,
+                    Path(tmp),
+                    args.subscribers,
+                    args.events,
+                    args.passes,
+                    args.idle,
                 )
                 row = {"target": label, "round": round_, **row, "loadavg": os.getloadavg()}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "functions_per_frame"}))
-    settings = {"subscribers": args.subscribers, "events": args.events, **QUIET}
+    settings = {"subscribers": args.subscribers, "events": args.events, "passes": args.passes}
+    settings |= QUIET
     print(write_result(args.output, {"settings": settings, "rows": rows}))
 
 

@@ -186,10 +186,10 @@ class Attachments:
     def write(self, events: list[StoredEvent], frame: Callable[[StoredEvent], bytes]) -> int:
         """Write ``events`` (``frame`` encodes each) to every session they follow as
         they are; detach and wake the others. Returns how many were written to."""
-        first, last = events[0], events[-1]
+        first, last_seq = events[0], events[-1].seq
         epoch, after = first.epoch, first.seq - 1
         # What a session's reader delivers as is: one epoch, no seq skipped.
-        plain = last.seq - after == len(events) and all(e.epoch == epoch for e in events)
+        plain = last_seq - after == len(events) and all(e.epoch == epoch for e in events)
         body = b"".join(map(frame, events))
         # Built once for every session: the message for a send, the chunk for a writer.
         message = {"type": "http.response.body", "body": body, "more_body": True}
@@ -198,7 +198,7 @@ class Attachments:
         written = 0
         for attached in list(self._sessions):
             if plain and attached.seq == after and attached.epoch == epoch:
-                attached.seq, attached.written_at = last.seq, now
+                attached.seq, attached.written_at = last_seq, now
                 written += 1
                 write_chunk = attached.write_chunk
                 if (write_chunk is not None and write_chunk(chunk)) or attached.outlet.write(
