@@ -59,18 +59,29 @@ def fingerprint(epoch: str) -> int:
     return int(epoch[:FINGERPRINT_DIGITS], 16)
 
 
-def new_epoch(above: str | None = None) -> str:
-    """A name for a new incarnation of a log. One that opens above an item of epoch
-    ``above`` takes the next fingerprint after that epoch's, so the epochs of one
-    chain of openings never share a fingerprint (fewer than 4096 of them, each
-    opened only after the previous one's newest item expired): a composite cursor
-    of an older epoch can never pass for the current one. A log that starts from
-    nothing (a purge) gets a random one."""
+def new_epoch(above: str | None = None, opened_at: float = 0.0, retention: int = 1) -> str:
+    """A name for a new incarnation of a log, opened at ``opened_at`` above an item of
+    epoch ``above``, or from nothing (None: a purge, a new table).
+
+    One opened above an item takes as its fingerprint the half-retentions since
+    1970 at its opening, mod 4096. Of two epochs of a channel, the later opens
+    only once every item of the earlier has expired (the one it follows, by its
+    writer's clock; or, where TTL deleted them all, by AWS's), and each item
+    expires at least a retention after its epoch opened: the two openings lie at
+    least a retention apart, less the writers' clock skew, and so in different
+    half-retentions while the skew stays below half the retention. No two such
+    epochs opened within 2048 retentions of each other share a fingerprint, even
+    where TTL deleted one whole and the next opened below it again (a successor
+    of ``above``'s fingerprint would there repeat the deleted epoch's, and a
+    composite cursor of it would pass for the new one, skipping its first
+    events). An epoch from nothing gets a random name: it and any other epoch
+    share a fingerprint with a 1 in 4096 chance, as epochs either side of a
+    change of the retention (which shifts the count) do."""
     if above is None:
         return secrets.token_hex(4)
-    successor = (fingerprint(above) + 1) % 16**FINGERPRINT_DIGITS
+    counted = int(opened_at // (retention / 2)) % 16**FINGERPRINT_DIGITS
     random_digits = secrets.token_hex(4)[FINGERPRINT_DIGITS:]
-    return f"{successor:0{FINGERPRINT_DIGITS}x}{random_digits}"
+    return f"{counted:0{FINGERPRINT_DIGITS}x}{random_digits}"
 
 
 def parse_event_id(text: str) -> Position | None:

@@ -34,12 +34,19 @@ from infra.table import ensure_table
 
 
 class GatewayServer:
-    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread, with
-    ``sse-gateway serve``'s httptools protocol, or with ``protocol`` (uvicorn's own
-    ``HttpToolsProtocol``: a server without the gateway's extension)."""
+    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread; its
+    store reads the time from ``clock``. It serves with ``sse-gateway serve``'s
+    httptools protocol, or with ``protocol`` (uvicorn's own ``HttpToolsProtocol``:
+    a server without the gateway's extension)."""
 
-    def __init__(self, settings: Settings, protocol: type[asyncio.Protocol] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        protocol: type[asyncio.Protocol] | None = None,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
         self._protocol = protocol or protocol_for("httptools", settings)
         self.url = ""
         self.store: EventLog | None = None
@@ -88,7 +95,9 @@ class GatewayServer:
         async with open_dynamodb(self.settings, local_session()) as client:
             await ensure_table(client, self.settings.table_name)
             metrics = metrics_for(self.settings)
-            self.store = EventLog.for_settings(client, self.settings, metrics=metrics)
+            self.store = EventLog.for_settings(
+                client, self.settings, metrics=metrics, clock=self._clock
+            )
             self.app = create_app(self.settings, self.store, metrics=metrics)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))

@@ -135,7 +135,7 @@ async def test_attached_sessions_get_every_frame_as_published_with_their_cors_he
     gateway: StartGateway, protocol: type[asyncio.Protocol] | None
 ) -> None:
     origin = "https://app.example"
-    server = gateway(protocol, cors_allowed_origins=[origin], max_session_seconds=60)
+    server = gateway(protocol=protocol, cors_allowed_origins=[origin], max_session_seconds=60)
     url = f"{server.url}/channels/written/events"
     async with httpx.AsyncClient(timeout=30, headers={"Origin": origin}) as http:
         readers = [
@@ -168,7 +168,7 @@ async def test_a_reader_too_slow_for_the_feed_is_detached_and_loses_nothing(
     # The slow reader reads nothing until every event is published: once the
     # sockets' buffers are full (4 MiB here), the server's writes to it have to
     # wait (flow control) while the feed goes on writing to the fast readers.
-    server = gateway(protocol, max_session_seconds=60, feed_buffer_bytes=1 << 20)
+    server = gateway(protocol=protocol, max_session_seconds=60, feed_buffer_bytes=1 << 20)
     url = f"{server.url}/channels/mixed/events"
     window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)]
     count = 100
