@@ -132,9 +132,16 @@ class _ChunkWriter:
         cycle = self._cycle
         # When uvicorn's send would write a body chunk as is, at once: its response
         # started chunked (not HEAD), is not complete, the client is there and the
-        # transport takes data (else the send waits for it to drain).
+        # transport takes data (else the send waits for it to drain). uvicorn marks
+        # only a connection's newest request disconnected, so a stream with one
+        # pipelined behind it also asks the transport: uvloop's raises on a write
+        # once closed, and the send path meets that error in the stream's own task,
+        # not in the feed's write to every stream (and the publish that handed over).
         if cycle.chunked_encoding and not (
-            cycle.response_complete or cycle.disconnected or self._flow.write_paused
+            cycle.response_complete
+            or cycle.disconnected
+            or self._flow.write_paused
+            or self._transport.is_closing()
         ):
             self._transport.write(chunk)
             return True
