@@ -230,7 +230,7 @@ def test_a_stream_whose_client_left_behind_a_pipelined_request_fails_no_publish(
             watcher.sendall(stream)
             gone.sendall(stream + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             seen = [_read_until(s, b"", lambda r: b"\r\n\r\n" in r) for s in (watcher, gone)]
-            # Both streams hold the first event, so both are at the head, attached.
+            # Once both streams hold this first event, both are attached to the feed.
             assert httpx.post(publish_url, json={"data": 0}).status_code == 201
             seen = [
                 _read_until(s, r, lambda r: b"data:" in r)
