@@ -201,9 +201,15 @@ class Attachments:
                 attached.seq, attached.written_at = last_seq, now
                 written += 1
                 write_chunk = attached.write_chunk
-                if (write_chunk is not None and write_chunk(chunk)) or attached.outlet.write(
-                    message
-                ):
+                try:
+                    if write_chunk is not None and write_chunk(chunk):
+                        continue
+                except Exception:
+                    # Never out of the feed (a publish's hand-over would fail after
+                    # the append): the send below meets the failure, and leaves it
+                    # for the session's own task.
+                    pass
+                if attached.outlet.write(message):
                     continue
             del self._sessions[attached]  # it reads the buffer (or the log) again
             attached.wake()
