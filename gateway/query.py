@@ -137,7 +137,7 @@ class LeanQuery:
             retry_backoff=ExponentialBackoff(),
         )
         self._quota = RetryQuotaChecker(RetryQuota())
-        # All the quota reads of an answer is that it is a 2xx.
+        # The quota reads no more of a good answer than that it is a 2xx.
         self._success = AWSResponse(self.url, 200, HTTPHeaders(), None)
         self._user_agent = (
             f"aiobotocore/{version('aiobotocore')} botocore/{version('botocore')} "
