@@ -19,6 +19,8 @@ from typing import Any
 
 import aioboto3
 import pytest
+from aiobotocore.config import AioConfig
+from botocore.exceptions import ClientError
 
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import StoreMisconfigured, StoreUnavailable
@@ -279,3 +281,28 @@ async def test_a_transport_failure_is_the_botocore_error_the_client_raises(
     assert type(raised["client"]).__name__ == expected
     assert type(raised["lean"]) is type(raised["client"])
     assert str(raised["lean"]) == str(raised["client"])
+
+
+async def test_queries_go_through_the_clients_proxy(
+    make_settings: Callable[..., Settings], fault_proxy: FaultProxy
+) -> None:
+    # An HTTP proxy receives the request in absolute form; the FaultProxy counts it
+    # and passes it on as it came, which moto refuses (it is no proxy): the same
+    # answer, on the same way, for the client and the lean path.
+    settings = make_settings(dynamodb_max_attempts=1)
+    params = _query(settings.table_name, "c", 0)
+    config = AioConfig(proxies={"http": fault_proxy.url}, retries={"total_max_attempts": 1})
+    raised = []
+    for path in ("client", "lean"):  # a client each: the proxy closes every connection
+        async with local_session().client(
+            "dynamodb", endpoint_url=settings.dynamodb_endpoint_url, config=config
+        ) as client:
+            with pytest.raises(ClientError) as caught:
+                if path == "client":
+                    await client.query(**params)
+                else:
+                    await LeanQuery(client).query(params)
+            raised.append(caught.value)
+    assert fault_proxy.seen.count("query") == 2
+    assert [str(e) for e in raised] == [str(raised[0])] * 2
+    assert "Absolute URI" in str(raised[0])
