@@ -12,12 +12,13 @@ of its own (the code under test on ``PYTHONPATH``):
 - where the user time goes: cProfile's own time per function, summed by the
   library the function belongs to (sockets and ``epoll`` apart: waiting).
 
-The floor (``--floor``, on by default) is what no client on aiohttp can go
+The floor (measured unless ``--no-floor``) is what no client on aiohttp can go
 below: one pre-signed Query POSTed again and again on a ``ClientSession`` made
 as aiobotocore makes the client's (its timeouts, connector and options), the
 body read and parsed as JSON; no signing, no retry policy, no hooks.
 
-    .venv/bin/python -m bench.tail_query --baseline main --output NAME   # bench/results/NAME.json
+    .venv/bin/python -m bench.tail_query --baseline d921a90 main --rounds 5 --output NAME
+    # bench/results/NAME.json (BENCHMARKS.md section 14)
 """
 
 from __future__ import annotations
