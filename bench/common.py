@@ -209,11 +209,14 @@ def gateway(
     source: Path | None = None,
     args: Sequence[str] = (),
     code: str | None = None,
+    wrapper: Sequence[str] = (),
+    start_timeout: float = 30,
     **settings: object,
 ) -> Iterator[Target]:
     """``sse-gateway dev`` on ``dynamodb``; ``source`` runs a ``checkout`` of another
     revision instead, ``args`` are more command-line arguments (``--loop asyncio``),
-    ``code`` is Python run instead of ``-m gateway.cli`` (with the same arguments)."""
+    ``code`` is Python run instead of ``-m gateway.cli`` (with the same arguments),
+    ``wrapper`` what runs the Python (``valgrind --tool=callgrind``)."""
     port = free_port()
     env = {
         "SSE_GATEWAY_TABLE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
@@ -224,10 +227,10 @@ def gateway(
     python, cwd, more_env = python_module("gateway.cli", source)
     if code is not None:
         python = [sys.executable, "-c", code]
-    command = [*python, "dev", "--dynamodb-endpoint", dynamodb, "--port", str(port), *args]
-    with running(command, {**env, **more_env}, cwd) as process:
+    command = [*wrapper, *python, "dev", "--dynamodb-endpoint", dynamodb, "--port", str(port)]
+    with running([*command, *args], {**env, **more_env}, cwd) as process:
         base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthz")
+        wait_http(f"{base}/healthz", start_timeout)
         publish = gateway_publish(base)
         yield Target("sse-gateway", base, [process.pid], lambda c: f"/channels/{c}/events", publish)
 

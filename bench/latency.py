@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,13 +70,30 @@ async def measure(
     rate: float,
     publish: Target,
     moto_pid: int,
+    warmup: int = 0,
 ) -> dict[str, object]:
     run = f"{target.name}-{time.monotonic_ns()}".replace(" ", "")
     names = [f"{run}-{n}" for n in range(channels)]
     latencies: list[float] = []
+    warmed = [0]
 
     def on_data(data: str, now: float) -> None:
-        latencies.append(now - json.loads(data)["t"])
+        event = json.loads(data)
+        if "warm" in event:
+            warmed[0] += 1
+        else:
+            latencies.append(now - event["t"])
+
+    async def publish_all(count: int, what: str) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for i in range(count):
+                await publish.publish(client, names[i % channels], {"t": time.monotonic(), what: i})
+                await asyncio.sleep(1 / rate)
+
+    async def delivered(count: int, seen: Callable[[], int]) -> None:
+        deadline = time.monotonic() + 15
+        while seen() < count and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     subscribers = [
         Subscriber(target.base, target.subscribe_path(name), on_data)
@@ -88,37 +106,44 @@ async def measure(
         tasks += [asyncio.create_task(s.run()) for s in batch]
         await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in batch)), 60)
     await asyncio.sleep(1)
-
-    # Where the time goes: CPU of the servers and of the embedded DynamoDB.
-    watched = {"server": target.pids, "dynamodb": [moto_pid] if target.name != "nchan" else []}
-    cpu_before = {name: cpu_seconds(pids) for name, pids in watched.items()}
-    started = time.monotonic()
-    async with httpx.AsyncClient(timeout=30) as client:
-        for i in range(events):
-            await publish.publish(client, names[i % channels], {"t": time.monotonic(), "i": i})
-            await asyncio.sleep(1 / rate)
-    elapsed = time.monotonic() - started
-    cpu = {
-        f"{name}_cpu_percent": round(100 * (cpu_seconds(pids) - cpu_before[name]) / elapsed)
-        for name, pids in watched.items()
-    }
-    expected = events * per_channel
-    deadline = time.monotonic() + 15
-    while len(latencies) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
-    # The server's CPU for the whole delivery, however late it ends: what a frame
-    # costs, which a busy machine's scheduling does not blur as it does latency.
-    per_delivery = (cpu_seconds(target.pids) - cpu_before["server"]) / max(1, len(latencies))
-    for subscriber in subscribers:
-        subscriber.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # Warm-up events, not counted: every session has had frames (the gateway's have
+    # attached to their feed) before the first measured event, as before every later one.
+    await publish_all(warmup, "warm")
+    await delivered(warmup * per_channel, lambda: warmed[0])
+    # This process reads every delivery: a collection of its heap would pause the
+    # reading of all of them, which would show as the measured server's latency.
+    gc.collect()
+    gc.disable()
+    try:
+        # Where the time goes: CPU of the servers and of the embedded DynamoDB.
+        watched = {"server": target.pids, "dynamodb": [moto_pid] if target.name != "nchan" else []}
+        cpu_before = {name: cpu_seconds(pids) for name, pids in watched.items()}
+        started = time.monotonic()
+        await publish_all(events, "i")
+        elapsed = time.monotonic() - started
+        cpu = {
+            f"{name}_cpu_percent": round(100 * (cpu_seconds(pids) - cpu_before[name]) / elapsed)
+            for name, pids in watched.items()
+        }
+        expected = events * per_channel
+        await delivered(expected, lambda: len(latencies))
+        # The server's CPU for the whole delivery, however late it ends: what a frame
+        # costs, which a busy machine's scheduling does not blur as it does latency.
+        per_delivery = (cpu_seconds(target.pids) - cpu_before["server"]) / max(1, len(latencies))
+    finally:
+        gc.enable()
+        for subscriber in subscribers:
+            subscriber.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     ms = [1000 * x for x in latencies]
     return {
         "subscribers_per_channel": per_channel,
         "channels": channels,
         "events": events,
+        "warmup_events": warmup,
+        "warmup_deliveries": warmed[0],
         "deliveries_expected": expected,
         "deliveries": len(ms),
         "p50_ms": round(percentile(ms, 50), 2),
@@ -243,6 +268,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200, help="events per scenario")
     parser.add_argument("--rate", type=float, default=20, help="events per second")
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="events before each row's, not counted"
+    )
     parser.add_argument("--no-nchan", action="store_true", help="without nginx + nchan")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=SCENARIOS)
     parser.add_argument("--baseline", metavar="REF", help="git revision to compare against")
@@ -272,11 +300,13 @@ async def main() -> None:
                             args.rate,
                             published,
                             moto.pid,
+                            args.warmup,
                         )
                         row.update(target=label, round=round_, loadavg=os.getloadavg())
                         rows.append(row)
                         print(json.dumps(row))
-    write_result(args.output, {"events": args.events, "rate": args.rate, "rows": rows})
+    result = {"events": args.events, "rate": args.rate, "warmup": args.warmup, "rows": rows}
+    write_result(args.output, result)
     if args.repeat == 1:
         plot(rows, args.scenarios, Path(__file__).parent / "latency.png")
 

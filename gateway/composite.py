@@ -20,10 +20,12 @@ What the short fields cost, and why it is safe: a fingerprint that differs from
 the head's epoch proves another epoch, and one that matches while the seq lies
 below where the head's epoch began proves a collision; both are then read as an
 old epoch, exactly as a full id of another epoch is. An epoch that opens above
-an older one's item (TTL deleted what followed it) takes the next fingerprint
-after that epoch's (``cursor.new_epoch``), so no two epochs of such a chain
-share one, however far a cursor's seq lies past where the newer one began. What
-a fingerprint cannot tell apart is an epoch of a log that started over from
+an older one's item (its newer items expired) is fingerprinted by the
+half-retention it opens in (``cursor.new_epoch`` says why that is safe), so no
+two such epochs of a channel opened within 2048 retentions share one, however
+far a cursor's seq lies past where the newer one began, and even where TTL
+deleted an epoch whole and the next opened below where it began. What a
+fingerprint cannot tell apart is an epoch of a log that started over from
 nothing (a purge, a replaced table: a random fingerprint) from one before it:
 a 1 in 4096 chance per epoch opened since, only for a subscriber away through
 such a restart.

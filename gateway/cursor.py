@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 _EVENT_ID = re.compile(r"(?:(?P<epoch>[0-9a-f]{8})-(?P<seq>0|[1-9][0-9]{0,17}))|(?P<empty>0)")
@@ -59,18 +59,29 @@ def fingerprint(epoch: str) -> int:
     return int(epoch[:FINGERPRINT_DIGITS], 16)
 
 
-def new_epoch(above: str | None = None) -> str:
-    """A name for a new incarnation of a log. One that opens above an item of epoch
-    ``above`` takes the next fingerprint after that epoch's, so the epochs of one
-    chain of openings never share a fingerprint (fewer than 4096 of them, each
-    opened only after the previous one's newest item expired): a composite cursor
-    of an older epoch can never pass for the current one. A log that starts from
-    nothing (a purge) gets a random one."""
+def new_epoch(above: str | None = None, opened_at: float = 0.0, retention: int = 1) -> str:
+    """A name for a new incarnation of a log, opened at ``opened_at`` above an item of
+    epoch ``above``, or from nothing (None: a purge, a new table).
+
+    One opened above an item takes as its fingerprint the half-retentions since
+    1970 at its opening, mod 4096. Of two epochs of a channel, the later opens
+    only once every item of the earlier has expired (the one it follows, by its
+    writer's clock; or, where TTL deleted them all, by AWS's), and each item
+    expires at least a retention after its epoch opened: the two openings lie at
+    least a retention apart, less the writers' clock skew, and so in different
+    half-retentions while the skew stays below half the retention. No two such
+    epochs opened within 2048 retentions of each other share a fingerprint, even
+    where TTL deleted one whole and the next opened below it again (a successor
+    of ``above``'s fingerprint would there repeat the deleted epoch's, and a
+    composite cursor of it would pass for the new one, skipping its first
+    events). An epoch from nothing gets a random name: it and any other epoch
+    share a fingerprint with a 1 in 4096 chance, as epochs either side of a
+    change of the retention (which shifts the count) do."""
     if above is None:
         return secrets.token_hex(4)
-    successor = (fingerprint(above) + 1) % 16**FINGERPRINT_DIGITS
+    counted = int(opened_at // (retention / 2)) % 16**FINGERPRINT_DIGITS
     random_digits = secrets.token_hex(4)[FINGERPRINT_DIGITS:]
-    return f"{successor:0{FINGERPRINT_DIGITS}x}{random_digits}"
+    return f"{counted:0{FINGERPRINT_DIGITS}x}{random_digits}"
 
 
 def parse_event_id(text: str) -> Position | None:
@@ -135,6 +146,18 @@ def invalid_start(head: Position, since: int, rewind: int) -> Start:
     """A subscription whose id is not ours: where a fresh one starts, with a reset."""
     start = rewind_start(head, since, rewind)
     return Start(start.cursor, reset=ResetReason.INVALID_ID, rewound_from=start.rewound_from)
+
+
+def unrewound(start: Start) -> Start:
+    """``start`` without its rewind, for a log that retains none of the events it
+    counts back over (the head's own item has expired): at the head, where
+    ``rewound_cursor`` would put the reader at its first event anyway. The client
+    holds the head's id until then, as without a rewind: a position before it would
+    claim a stretch the log no longer holds, and a reconnect from there would be
+    told that history expired."""
+    if start.rewound_from is None:
+        return start
+    return replace(start, cursor=start.rewound_from, rewound_from=None)
 
 
 def rewound_cursor(cursor: Position, head: Position, epoch: str, seq: int) -> Position:

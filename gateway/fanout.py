@@ -17,6 +17,13 @@ falls back to the store if it fell behind the buffer, and attaches again once
 it has caught up. Nothing in the standard library or Starlette does this on
 Python 3.11; 3.12's eager tasks come close but still make a task per write.
 
+Even run by hand, a send per session per frame is a coroutine, the server's
+checks and its chunk framing, each time for the same bytes (BENCHMARKS.md
+section 13). A server may offer the ``WRITE_CHUNK`` extension instead
+(``gateway.serving`` does, under httptools): the feed frames the chunk once and
+each attached stream's connection takes it as is, when the server's ``send``
+would have written those same bytes at once; otherwise the send runs as above.
+
 A stream has one writer at a time: the feed while the session is attached, the
 session's task otherwise. A write that has to wait detaches the session first,
 and the session finishes that write before it writes anything else.
@@ -39,14 +46,27 @@ from starlette.types import Message, Send
 
 from gateway.items import StoredEvent
 
+WRITE_CHUNK = "sse_gateway.write_chunk"
+"""An ASGI scope extension: ``{"write": write}``, where ``write(chunk)`` writes a
+response body's next chunk, framed as HTTP/1.1 chunked transfer coding frames it,
+straight to the connection and returns True, if the server's ``send`` would write
+the same bytes now without waiting; else it writes nothing and returns False."""
+
+
+def chunked(body: bytes) -> bytes:
+    """``body`` as one chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
 
 class Outlet:
-    """A stream's ASGI ``send``, for writes that should not switch tasks."""
+    """A stream's ASGI ``send``, for writes that should not switch tasks, and the
+    server's ``WRITE_CHUNK`` writer (``write_chunk``) when it has one."""
 
-    __slots__ = ("_send", "pending")
+    __slots__ = ("_send", "pending", "write_chunk")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, write_chunk: Callable[[bytes], bool] | None = None) -> None:
         self._send = send
+        self.write_chunk = write_chunk
         self.pending: _Rest | None = None
 
     def write(self, message: Message) -> bool:
@@ -120,10 +140,11 @@ class Attached:
     batch only if it follows ``seq`` in ``epoch`` (what the session's reader
     would deliver without a reset); anything else detaches the session."""
 
-    __slots__ = ("alarm", "epoch", "outlet", "seq", "woken", "written_at")
+    __slots__ = ("alarm", "epoch", "outlet", "seq", "woken", "write_chunk", "written_at")
 
     def __init__(self, outlet: Outlet, epoch: str | None, seq: int) -> None:
         self.outlet = outlet
+        self.write_chunk = outlet.write_chunk  # one call less per frame
         self.epoch = epoch
         self.seq = seq
         self.written_at: float | None = None
@@ -165,19 +186,24 @@ class Attachments:
     def write(self, events: list[StoredEvent], frame: Callable[[StoredEvent], bytes]) -> int:
         """Write ``events`` (``frame`` encodes each) to every session they follow as
         they are; detach and wake the others. Returns how many were written to."""
-        first, last = events[0], events[-1]
+        first, last_seq = events[0], events[-1].seq
         epoch, after = first.epoch, first.seq - 1
         # What a session's reader delivers as is: one epoch, no seq skipped.
-        plain = last.seq - after == len(events) and all(e.epoch == epoch for e in events)
+        plain = last_seq - after == len(events) and all(e.epoch == epoch for e in events)
         body = b"".join(map(frame, events))
+        # Built once for every session: the message for a send, the chunk for a writer.
         message = {"type": "http.response.body", "body": body, "more_body": True}
+        chunk = chunked(body)
         now = time.monotonic()
         written = 0
         for attached in list(self._sessions):
             if plain and attached.seq == after and attached.epoch == epoch:
-                attached.seq, attached.written_at = last.seq, now
+                attached.seq, attached.written_at = last_seq, now
                 written += 1
-                if attached.outlet.write(message):
+                write_chunk = attached.write_chunk
+                if (write_chunk is not None and write_chunk(chunk)) or attached.outlet.write(
+                    message
+                ):
                     continue
             del self._sessions[attached]  # it reads the buffer (or the log) again
             attached.wake()

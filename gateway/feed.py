@@ -83,7 +83,8 @@ class ChannelFeed:
         self._buffer = FeedBuffer(
             self._scanned_to, max_events=buffer_events, max_bytes=buffer_bytes
         )
-        self._end_expires_at = start.expires_at if start else None
+        self._end = start  # the newest item the feed has looked at
+        self._moved_at = time.monotonic()  # when it reached its position
         # New epochs this feed saw begin right after a position it had reached, and
         # whether the item at its position was live when reached (so nothing after
         # it had been deleted then, and polls have seen everything since).
@@ -140,11 +141,28 @@ class ChannelFeed:
         if head is None:
             return at == 0
         if head.epoch == self.epoch:
-            newest = self._end_expires_at
-            return head.last >= at or (newest is not None and not self._store.has_expired(newest))
+            newest = self._end
+            return head.last >= at or (
+                newest is not None and not self._store.has_expired(newest.expires_at)
+            )
         if head.last < self._since and self._store.has_expired(head.expires_at):
             return True
         return head.since > at
+
+    def moved_after(self, moment: float) -> bool:
+        """Whether the feed reached its position after ``moment`` (on time.monotonic)."""
+        return self._moved_at > moment
+
+    @property
+    def retains_nothing(self) -> bool:
+        """Whether the item holding the feed's position is known to have expired, and
+        with it every event up to the position (expiry never decreases along the log)."""
+        end = self._end
+        return (
+            end is not None
+            and (end.epoch, end.last) == (self.epoch, self._scanned_to)
+            and self._store.has_expired(end.expires_at)
+        )
 
     @property
     def buffered_bytes(self) -> int:
@@ -241,10 +259,12 @@ class ChannelFeed:
                 self._fail(exc if isinstance(exc, GatewayError) else GatewayError(str(exc)))
                 return
             if page.end is not None:
-                self._end_expires_at = page.end.expires_at
+                self._end = page.end
             # An in-process append may have been handed over while the poll was out.
             fresh = [event for event in page.events if event.seq > self._scanned_to]
             if page.scanned_to >= self._scanned_to:
+                if page.scanned_to > self._scanned_to:
+                    self._moved_at = time.monotonic()
                 self._scanned_to, self._aligned = page.scanned_to, True
             if fresh:
                 self._deliver(fresh, "poll")
@@ -267,7 +287,7 @@ class ChannelFeed:
         """The log after the feed's position; raises ``LogRestarted`` when it started
         over below it."""
         prior = self._scanned_to
-        expired = self._end_expires_at is not None and self._store.has_expired(self._end_expires_at)
+        expired = self._end is not None and self._store.has_expired(self._end.expires_at)
         checked_at = time.monotonic()
         if expired or checked_at - self._head_checked_at >= self._poll_max:
             # Look at the head, not only past the position: TTL may delete the newest
@@ -312,6 +332,7 @@ class ChannelFeed:
         # Appends may share an item (group commit): the position may now lie inside
         # one, so the next poll also looks for the rest of the item.
         self._scanned_to, self._aligned = events[-1].seq, False
+        self._moved_at = time.monotonic()
         self._position_proven = True
         self._deliver(list(events), source)
         return True

@@ -12,16 +12,27 @@ alike, with the same error (each session ends with ``retry:``).
 An answer read before a session arrived is as good as one read after for most
 starts (a fresh session, or a position the answer already holds: whatever was
 appended since is read after it), but not for a client that holds a newer
-position than the answer: those sessions ask again (``gateway/session.py``).
+position than the answer: those sessions ask again (``gateway/opening.py``).
+Nor is it news to a feed that moved on while the query was out (it took the
+channel's first events, say): such an answer never restarts the feed
+(``moved_on``); its sessions start from the feed's position instead.
+
+A query the store does not answer holds its waiters for one attempt's timeout
+at most (``SSE_GATEWAY_DYNAMODB_TIMEOUT_SECONDS``): botocore then gives the
+attempt up and sends it again (or, with no attempts left, fails it for all),
+and the waiters take that answer. Without the shared query the session that
+sent it would wait as long; the others share its wait instead of each asking.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
+from gateway.cursor import Position
 from gateway.errors import FeedLimitReached, LogRestarted, ShuttingDown
 from gateway.fanout import Alarms
 from gateway.feed import ChannelFeed
@@ -36,12 +47,14 @@ logger = logging.getLogger(__name__)
 
 
 class _Flight:
-    """A channel's head query and how many sessions wait for its answer."""
+    """A channel's head query, when it went out, and how many sessions wait for its
+    answer."""
 
-    __slots__ = ("query", "waiting")
+    __slots__ = ("asked_at", "query", "waiting")
 
     def __init__(self, query: asyncio.Task[Batch | None]) -> None:
         self.query = query
+        self.asked_at = time.monotonic()
         self.waiting = 0
 
 
@@ -95,9 +108,10 @@ class ChannelHub:
         """How many head queries are out (one per channel at most)."""
         return len(self._flights)
 
-    async def head(self, channel: str) -> Batch | None:
+    async def head(self, channel: str) -> tuple[Batch | None, float]:
         """The channel's newest item (``EventLog.last_batch``), from the head query
-        that is out for the channel if there is one, else from a new one."""
+        that is out for the channel if there is one, else from a new one; and when
+        that query went out (on time.monotonic)."""
         flight = self._flights.get(channel)
         if flight is None:
             query = asyncio.create_task(self._store.last_batch(channel), name=f"sse-head:{channel}")
@@ -106,12 +120,22 @@ class ChannelHub:
         flight.waiting += 1
         try:
             # Shielded: a waiter that leaves must not cancel the others' answer.
-            return await asyncio.shield(flight.query)
+            return await asyncio.shield(flight.query), flight.asked_at
         finally:
             flight.waiting -= 1
             if not flight.waiting and not flight.query.done():
                 flight.query.cancel()  # nobody is left to answer
                 self._land(channel, flight)
+
+    def moved_on(self, channel: str, head: Position, asked_at: float) -> ChannelFeed | None:
+        """The channel's running feed if it knows more than a head query that went out
+        at ``asked_at`` and found ``head``: it stands elsewhere, and got there after
+        the query went out (it took the channel's first events, say), so the answer
+        may predate its position and cannot prove that the log started over."""
+        feed = self._feeds.get(channel)
+        if feed is None or feed.failure is not None or feed.position == head:
+            return None
+        return feed if feed.moved_after(asked_at) else None
 
     def _land(self, channel: str, flight: _Flight) -> None:
         # Sessions that come later ask again: an answer is only as new as its query.

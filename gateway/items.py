@@ -106,18 +106,19 @@ def place(
     *,
     now: float,
     retention: int,
-    new_epoch: Callable[[str | None], str],
+    new_epoch: Callable[[str | None, float, int], str],
 ) -> Placement:
     """Where an append after ``end`` goes (see the module docstring for why);
-    ``new_epoch`` names an epoch opened above an item of the given epoch (None:
-    a log that starts from nothing)."""
+    ``new_epoch(above, now, retention)`` names an epoch opened now above an item
+    of epoch ``above`` (None: a log that starts from nothing)."""
     expires_at = int(now) + retention
     if end is None:
-        return Placement(new_epoch(None), 1, 1, expires_at)
+        return Placement(new_epoch(None, now, retention), 1, 1, expires_at)
     expires_at = max(expires_at, end.expires_at)
     first = end.last + 1
     if end.expires_at <= now:
-        return Placement(new_epoch(end.epoch), first, first, expires_at, follows=end)
+        opened = new_epoch(end.epoch, now, retention)
+        return Placement(opened, first, first, expires_at, follows=end)
     return Placement(end.epoch, end.since, first, expires_at, follows=end)
 
 

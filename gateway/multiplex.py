@@ -28,17 +28,9 @@ from gateway import composite, wire
 from gateway.cursor import Position, Start, invalid_start, rewind_start
 from gateway.hub import ChannelHub
 from gateway.metrics import Metrics
+from gateway.opening import Opened, open_channel
 from gateway.reader import Delivery, Reset
-from gateway.session import (
-    Body,
-    Framing,
-    Opened,
-    SessionTiming,
-    open_channel,
-    report,
-    run_session,
-    tail,
-)
+from gateway.session import Body, Framing, SessionTiming, report, run_session, tail
 from gateway.store import EventLog
 
 
@@ -74,7 +66,7 @@ async def _multiple(
 
     async def open_one(channel: str) -> Opened:
         choose = _chooser(requested, channel, rewind)
-        o = await open_channel(channel, choose, None, store, hub, timing)
+        o = await open_channel(channel, choose, None, store, hub, timing.remaining())
         opened.append(o)  # nothing awaited since it subscribed: no leave can be missed
         return o
 

@@ -16,6 +16,11 @@ uvicorn bounds neither a request head under httptools (it accepted 32 MB) nor
 the wait for a first request (its keep-alive timeout starts only after a
 response), so these protocols add both on top of uvicorn's own, for either
 parser: they watch what arrives while no request is in progress.
+
+Under httptools the protocol also offers each request the ``WRITE_CHUNK``
+extension (``gateway.fanout``): a channel's feed writes one frame to a thousand
+streams, and the chunk it frames once goes to each connection as uvicorn's
+``send`` would write it, without a coroutine and the send's checks per stream.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from gateway.fanout import WRITE_CHUNK
 from gateway.settings import Settings
 
 _ANSWERS = {
@@ -112,8 +118,43 @@ class _Bounds:
         self.transport.close()
 
 
+class _ChunkWriter:
+    """``WRITE_CHUNK`` for one request of uvicorn's httptools protocol (``write``)."""
+
+    __slots__ = ("_cycle", "_flow", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._flow = cycle.flow
+        self._transport = cycle.transport
+
+    def write(self, chunk: bytes) -> bool:
+        cycle = self._cycle
+        # When uvicorn's send would write a body chunk as is, at once: its response
+        # started chunked (not HEAD), is not complete, the client is there and the
+        # transport takes data (else the send waits for it to drain). uvicorn marks
+        # only a connection's newest request disconnected, so a stream with one
+        # pipelined behind it also asks the transport: uvloop's raises on a write
+        # once closed, and the send path meets that error in the stream's own task,
+        # not in the feed's write to every stream (and the publish that handed over).
+        if cycle.chunked_encoding and not (
+            cycle.response_complete
+            or cycle.disconnected
+            or self._flow.write_paused
+            or self._transport.is_closing()
+        ):
+            self._transport.write(chunk)
+            return True
+        return False
+
+
 class BoundedHttpTools(_Bounds, HttpToolsProtocol):
-    pass
+    def on_headers_complete(self) -> None:
+        before = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not before:  # a request for the app (not an upgrade)
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[WRITE_CHUNK] = {"write": _ChunkWriter(self.cycle).write}
 
 
 class BoundedH11(_Bounds, H11Protocol):

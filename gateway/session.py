@@ -13,6 +13,9 @@ published, ids of the channel's own log; here) or several (``/events``, see
 loop below, so every per-channel guarantee holds for each channel of a
 multi-channel session.
 
+Where a session starts on each channel, and what it delivers first, is
+``gateway.opening``'s.
+
 A single-channel session that has caught up with its channel's feed lets the
 feed write new frames to its stream itself (``gateway.fanout``), until the
 frames no longer follow its position as they are, or a write has to wait; it
@@ -33,14 +36,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import wire
-from gateway.cursor import EMPTY, Position, ResetReason, Start, resolve_start
+from gateway.cursor import Position, resolve_start
 from gateway.errors import FeedLimitReached, GatewayError, LogRestarted, ShuttingDown
 from gateway.fanout import Attached, Outlet
 from gateway.feed import ChannelFeed
 from gateway.hub import ChannelHub
-from gateway.items import Batch, LogEnd, StoredEvent
+from gateway.items import StoredEvent
 from gateway.metrics import Metrics
-from gateway.reader import Delivery, Reader, Reset, encode_delivery
+from gateway.opening import Opened, open_channel
+from gateway.reader import Delivery, Reset, encode_delivery
 from gateway.store import EventLog
 
 logger = logging.getLogger(__name__)
@@ -58,85 +62,6 @@ class SessionTiming:
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
-
-
-@dataclass(slots=True)
-class Opened:
-    channel: str
-    reader: Reader
-    feed: ChannelFeed
-    fresh: bool
-    deliveries: list[Delivery]
-    held: Position  # the client's position before the session's first frame
-
-
-async def open_channel(
-    channel: str,
-    choose: Callable[[Position, int], Start],
-    requested: str | None,
-    store: EventLog,
-    hub: ChannelHub,
-    timing: SessionTiming,
-) -> Opened:
-    """Where a session on ``channel`` starts (``choose`` decides from the log's
-    head), what it delivers first, and the channel's feed, subscribed (the
-    session must ``hub.leave`` it). The session has been admitted (``hub.admit``)."""
-    feed = hub.joinable(channel)
-    if feed is not None:
-        # The running feed knows the newest position it has seen, as recent as a
-        # head query: a session that starts within it needs none, and its catch-up
-        # comes from the feed's buffer (or the log, when older). Nothing is awaited
-        # between finding the feed and joining it, so it cannot stop in between.
-        head = feed.position
-        start = choose(head, feed.since)
-        if _settled(start, head):
-            hub.subscribe(channel, feed)
-            rewound = start.rewound_from
-            reader = Reader(start.cursor, start.cursor.seq, aligned=False, rewound_from=rewound)
-            return Opened(
-                channel, reader, feed, start.fresh, _resets(start, requested), start.client_position
-            )
-    async with asyncio.timeout(timing.remaining()):
-        newest = await hub.head(channel)  # shared with the sessions arriving meanwhile
-        end, head, start = _chosen(newest, choose)
-        if not _settled(start, head):  # the shared answer may predate the client's id
-            newest = await store.last_batch(channel)
-            end, head, start = _chosen(newest, choose)
-    deliveries = _resets(start, requested)
-    cursor = start.cursor
-    if newest is not None and cursor.epoch == head.epoch and cursor.seq >= newest.first - 1:
-        # The newest item holds all there is after the cursor: no read needed.
-        reader = Reader(cursor, head.seq, aligned=True, rewound_from=start.rewound_from)
-        deliveries += reader.deliveries(store.live_events(newest, cursor.seq), None)
-    else:
-        reader = Reader(cursor, cursor.seq, aligned=False, rewound_from=start.rewound_from)
-    feed = hub.subscribe(channel, end)
-    return Opened(channel, reader, feed, start.fresh, deliveries, start.client_position)
-
-
-def _chosen(
-    newest: Batch | None, choose: Callable[[Position, int], Start]
-) -> tuple[LogEnd | None, Position, Start]:
-    """The log's end and head as ``newest`` says, and the start chosen from them."""
-    end = newest.end if newest is not None else None
-    head = Position(end.epoch, end.last) if end is not None else EMPTY
-    return end, head, choose(head, end.since if end is not None else 1)
-
-
-def _settled(start: Start, head: Position) -> bool:
-    """Whether ``start``, chosen from a ``head`` that may have been read before the
-    client came, holds whatever the log's head is now: a start at that head or
-    within its epoch before it (all appended since is read after it), or before
-    the log's first event. A client whose position is ahead of the head, or in
-    another epoch, may hold what was appended since: its head is read again."""
-    return start.reset in (None, ResetReason.INVALID_ID) and start.cursor.epoch in (
-        None,
-        head.epoch,
-    )
-
-
-def _resets(start: Start, requested: str | None) -> list[Delivery]:
-    return [Reset(start.reset, start.cursor, requested)] if start.reset is not None else []
 
 
 class End(StrEnum):
@@ -229,7 +154,7 @@ async def _single(
         last_event_id,
         store,
         hub,
-        timing,
+        timing.remaining(),
     )
     try:
         if opened.fresh:

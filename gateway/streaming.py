@@ -8,7 +8,8 @@ and watches for the disconnect without a task of its own: it steps the
 server's ``receive`` by hand (as ``gateway.fanout`` steps ``send``) and cancels
 the stream when the client leaves, so the session's cleanup (leaving its
 channel feeds) runs at once, not at the next heartbeat. Its headers are the
-same for every stream and built once. Measured in BENCHMARKS.md (idle memory
+same for every stream and built once; a server's ``WRITE_CHUNK`` writer goes to
+the outlet (``gateway.fanout``). Measured in BENCHMARKS.md (idle memory
 per connection).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.fanout import Outlet
+from gateway.fanout import WRITE_CHUNK, Outlet
 
 _HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -42,7 +43,8 @@ class EventStreamResponse:
         stream = asyncio.current_task()
         assert stream is not None
         watch = _DisconnectWatch(receive, stream.cancel)
-        body = self._make_body(Outlet(send))
+        writer = (scope.get("extensions") or {}).get(WRITE_CHUNK)
+        body = self._make_body(Outlet(send, writer["write"] if writer else None))
         try:
             # A list of its own: middleware (CORS) adds headers to it in place.
             await send({"type": "http.response.start", "status": 200, "headers": [*_HEADERS]})

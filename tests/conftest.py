@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -101,8 +103,12 @@ def gateway(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Ga
     """A factory of running gateway servers on the test's table; all stop at teardown."""
     servers: list[GatewayServer] = []
 
-    def start(**overrides: Any) -> GatewayServer:
-        server = GatewayServer(make_settings(**overrides)).__enter__()
+    def start(
+        clock: Callable[[], float] = time.time,
+        protocol: type[asyncio.Protocol] | None = None,
+        **overrides: Any,
+    ) -> GatewayServer:
+        server = GatewayServer(make_settings(**overrides), clock, protocol).__enter__()
         servers.append(server)
         return server
 

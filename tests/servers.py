@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.dynamodb import open_dynamodb
 from gateway.metrics import metrics_for
+from gateway.serving import protocol_for
 from gateway.settings import Settings
 from gateway.store import EventLog
 from infra.local import local_session
@@ -33,10 +34,20 @@ from infra.table import ensure_table
 
 
 class GatewayServer:
-    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread."""
+    """``create_app`` served by uvicorn on 127.0.0.1 from a background thread; its
+    store reads the time from ``clock``. It serves with ``sse-gateway serve``'s
+    httptools protocol, or with ``protocol`` (uvicorn's own ``HttpToolsProtocol``:
+    a server without the gateway's extension)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        protocol: type[asyncio.Protocol] | None = None,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
+        self._protocol = protocol or protocol_for("httptools", settings)
         self.url = ""
         self.store: EventLog | None = None
         self.app: Any = None
@@ -84,13 +95,19 @@ class GatewayServer:
         async with open_dynamodb(self.settings, local_session()) as client:
             await ensure_table(client, self.settings.table_name)
             metrics = metrics_for(self.settings)
-            self.store = EventLog.for_settings(client, self.settings, metrics=metrics)
+            self.store = EventLog.for_settings(
+                client, self.settings, metrics=metrics, clock=self._clock
+            )
             self.app = create_app(self.settings, self.store, metrics=metrics)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
             config = uvicorn.Config(
-                self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on"
+                self.app,
+                http=self._protocol,
+                log_level="warning",
+                timeout_graceful_shutdown=1,
+                lifespan="on",
             )
             self._server = uvicorn.Server(config)
             serving = asyncio.create_task(self._server.serve(sockets=[sock]))

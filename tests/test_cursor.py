@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gateway.cursor import (
@@ -8,6 +8,7 @@ from gateway.cursor import (
     ResetReason,
     Start,
     Step,
+    fingerprint,
     invalid_start,
     new_epoch,
     parse_event_id,
@@ -16,6 +17,7 @@ from gateway.cursor import (
     rewind_start,
     rewound_cursor,
     step,
+    unrewound,
 )
 
 HEAD = Position("0a1b2c3d", 42)
@@ -160,16 +162,30 @@ def test_what_a_client_holds_before_its_first_frame() -> None:
     assert resolve_start("garbage", HEAD).client_position == EMPTY
 
 
-@given(st.from_regex(r"[0-9a-f]{8}", fullmatch=True))
-def test_an_epoch_opened_above_another_takes_the_next_fingerprint(above: str) -> None:
-    opened = new_epoch(above)
-    assert parse_event_id(f"{opened}-1") == Position(opened, 1)
-    assert int(opened[:3], 16) == (int(above[:3], 16) + 1) % 4096
+@given(
+    st.from_regex(r"[0-9a-f]{8}", fullmatch=True),
+    st.integers(1, 10**6),
+    st.floats(0, 2**36),
+    st.lists(st.floats(0.51, 100), min_size=1, max_size=40),
+)
+def test_epochs_a_channel_opens_within_2048_retentions_never_share_a_fingerprint(
+    above: str, retention: int, first: float, gaps: list[float]
+) -> None:
+    # Each opening follows the last by more than half a retention: a retention,
+    # less a clock skew below half of it (``new_epoch`` says why).
+    openings = [first]
+    for gap in gaps:
+        openings.append(openings[-1] + gap * retention)
+    assume(openings[-1] - first < 2047 * retention)
+    opened = [new_epoch(above, at, retention) for at in openings]
+    assert all(parse_event_id(f"{epoch}-1") == Position(epoch, 1) for epoch in opened)
+    assert len({fingerprint(epoch) for epoch in opened}) == len(opened)
 
 
-def test_the_fingerprint_after_the_last_one_wraps_to_the_first() -> None:
-    opened = new_epoch("fff01234")
-    assert opened[:3] == "000" and len(opened) == 8
+def test_fingerprints_repeat_after_2048_retentions() -> None:
+    first = new_epoch("0a1b2c3d", 1_000_000.0, 600)
+    assert fingerprint(new_epoch("0a1b2c3d", 1_000_000.0 + 2047 * 600, 600)) != fingerprint(first)
+    assert fingerprint(new_epoch("0a1b2c3d", 1_000_000.0 + 2048 * 600, 600)) == fingerprint(first)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +234,12 @@ def test_a_rewound_reader_stands_right_before_the_first_retained_event_of_its_wi
     cursor = Position(HEAD.epoch, 32)
     expected = Position(HEAD.epoch, stands_at)
     assert rewound_cursor(cursor, HEAD, epoch, seq) == expected
+
+
+def test_a_rewind_over_a_log_that_retains_none_of_it_starts_at_the_head() -> None:
+    # Where the reader would stand at its first event anyway (rewound_cursor): the
+    # client holds the head's id, as a fresh session without a rewind does.
+    assert unrewound(rewind_start(HEAD, 1, 10)) == rewind_start(HEAD, 1, 0)
+    assert unrewound(invalid_start(HEAD, 1, 10)) == invalid_start(HEAD, 1, 0)
+    resumed = resolve_start("0a1b2c3d-40", HEAD, 1, 10)
+    assert unrewound(resumed) == resumed  # a position of the client's own is kept

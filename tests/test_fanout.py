@@ -1,6 +1,8 @@
 """Frames written by the feed straight into responses: the outlet's hand-run
 sends on their own, then sessions over real HTTP, one of them too slow to take
-its frames as they come."""
+its frames as they come, under ``sse-gateway serve``'s httptools protocol (whose
+connections take the feed's chunks as they are, ``WRITE_CHUNK``) and under
+uvicorn's own (the outlet's sends)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from starlette.types import Message
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.fanout import Alarms, Attached, Outlet
 from tests.eventstream import EventStreamParser, read_session
@@ -20,6 +23,10 @@ from tests.servers import GatewayServer, publish
 
 StartGateway = Callable[..., GatewayServer]
 BODY: Message = {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True}
+# The HTTP protocol a test's gateway serves with (None: sse-gateway serve's).
+PROTOCOLS = pytest.mark.parametrize(
+    "protocol", [None, HttpToolsProtocol], ids=["serve's protocol", "uvicorn's protocol"]
+)
 
 
 class Socket:
@@ -123,13 +130,45 @@ async def test_a_send_that_fails_at_once_fails_whoever_awaits_the_rest() -> None
         await outlet.finish_pending()
 
 
+@PROTOCOLS
+async def test_attached_sessions_get_every_frame_as_published_with_their_cors_headers(
+    gateway: StartGateway, protocol: type[asyncio.Protocol] | None
+) -> None:
+    origin = "https://app.example"
+    server = gateway(protocol=protocol, cors_allowed_origins=[origin], max_session_seconds=60)
+    url = f"{server.url}/channels/written/events"
+    async with httpx.AsyncClient(timeout=30, headers={"Origin": origin}) as http:
+        readers = [
+            asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 4))
+            for _ in range(5)
+        ]
+        await asyncio.sleep(0.5)  # every session has caught up: attached
+        ids = await publish(http, server.url, "written", {"data": "one"})
+        # A batch: one write of two frames, one of them of several lines.
+        batch = [{"event": "note", "data": "two\nlines"}, {"data": "three"}]
+        ids += await publish(http, server.url, "written", {"events": batch})
+        ids += await publish(http, server.url, "written", {"data": "four"})
+        sessions = await asyncio.gather(*readers)
+    expected = [
+        (ids[0], "message", "one"),
+        (ids[1], "note", "two\nlines"),
+        (ids[2], "message", "three"),
+        (ids[3], "message", "four"),
+    ]
+    for session in sessions:
+        assert session.headers["access-control-allow-origin"] == origin
+        events = [(e.last_event_id, e.type, json.loads(e.data)) for e in session.events]
+        assert events == expected
+
+
+@PROTOCOLS
 async def test_a_reader_too_slow_for_the_feed_is_detached_and_loses_nothing(
-    gateway: StartGateway, http: httpx.AsyncClient
+    gateway: StartGateway, http: httpx.AsyncClient, protocol: type[asyncio.Protocol] | None
 ) -> None:
     # The slow reader reads nothing until every event is published: once the
     # sockets' buffers are full (4 MiB here), the server's writes to it have to
     # wait (flow control) while the feed goes on writing to the fast readers.
-    server = gateway(max_session_seconds=60, feed_buffer_bytes=1 << 20)
+    server = gateway(protocol=protocol, max_session_seconds=60, feed_buffer_bytes=1 << 20)
     url = f"{server.url}/channels/mixed/events"
     window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)]
     count = 100

@@ -401,3 +401,77 @@ async def test_a_rewind_starts_from_the_running_feed_its_buffer_or_the_log_behin
     assert _head_queries(fault_proxy) == heads
     ids += await publish(http, server.url, "rewound", {"data": 5})
     assert [e.last_event_id for e in (await following).events] == ids[3:]
+
+
+async def test_a_head_answer_read_before_the_feeds_first_event_does_not_restart_it(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,  # the feed looks at the head once, as it starts
+        poll_max_seconds=60,
+        max_session_seconds=30,
+    )
+    url = f"{server.url}/channels/first/events"
+    # The first session finds the channel empty and starts its feed, whose first look
+    # at the head stays out: the feed is not joinable yet.
+    answered = fault_proxy.hold("query")
+    first = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
+    assert await asyncio.to_thread(answered.applied.wait, 10)
+    feeds_look = fault_proxy.hold("query")
+    answered.released.set()
+    assert await asyncio.to_thread(feeds_look.applied.wait, 10)
+    # The second session's head query reads the empty log too; its answer comes back
+    # after the feed took the channel's first event.
+    stale = fault_proxy.hold("query")
+    second = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 1))
+    assert await asyncio.to_thread(stale.applied.wait, 10)
+    ids = await publish(http, server.url, "first", {"data": 1})  # handed to the feed
+    stale.released.set()
+    await _until(lambda: server.hub.head_queries == 0)
+    await asyncio.sleep(0.3)  # the second session has joined (or restarted) the feed
+    ids += await publish(http, server.url, "first", {"data": 2})
+    sessions = await asyncio.wait_for(asyncio.gather(first, second), 20)
+    feeds_look.released.set()
+    # The feed went on: the first session had both events in one session, and the
+    # second joined at the feed's position, as any session that finds a feed running.
+    assert [e.last_event_id for e in sessions[0].events] == ids
+    assert [e.last_event_id for e in sessions[1].events] == ids[1:]
+    assert sessions[1].events[0].type == "message"
+
+
+async def test_a_hung_head_query_holds_the_sessions_behind_it_one_attempt_timeout_at_most(
+    gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
+) -> None:
+    # The store does not answer the first head query; the attempt's read timeout
+    # gives it up and botocore asks again, and every waiter takes that answer.
+    server = gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        dynamodb_timeout_seconds=1,
+        dynamodb_max_attempts=2,
+        poll_min_seconds=60,  # no head check of the feed's own within the test
+        poll_max_seconds=60,
+        max_session_seconds=20,  # far longer than the attempt's timeout
+        metrics=True,
+    )
+    url = f"{server.url}/channels/hung/events"
+    (old,) = await publish(http, server.url, "hung", {"data": "before"})
+    heads = _head_queries(fault_proxy)
+    hung = fault_proxy.hold("query")
+    first = asyncio.create_task(read_session(http, url, stop=lambda e: e != []))
+    assert await asyncio.to_thread(hung.applied.wait, 10)
+    # Later arrivals, fresh and resuming, wait for the same query: it is the
+    # channel's one head query out, hung or not.
+    later = [
+        asyncio.create_task(read_session(http, url, last_event_id=last, stop=lambda e: e != []))
+        for last in (None, old)
+    ]
+    await _until_open(http, server, 3)
+    await _until(lambda: "hung" in server.hub.feeds)  # the second attempt answered
+    ids = await publish(http, server.url, "hung", {"data": "after"})
+    # Served from the retry, while the first attempt is still held: a session that
+    # waited for it would wait past its own end (the proxy holds it for 30 s).
+    sessions = await asyncio.gather(first, *later)
+    hung.released.set()
+    assert [[e.last_event_id for e in s.events] for s in sessions] == [ids] * 3
+    assert _head_queries(fault_proxy) == heads + 2  # the hung attempt and its retry

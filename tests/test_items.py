@@ -29,7 +29,7 @@ NOW = 1_000_000.0
 END = LogEnd("aaaaaaaa", since=3, last=9, expires_at=1_000_600, key=8, write_id="w1")
 
 
-def _new_epoch(above: str | None) -> str:
+def _new_epoch(above: str | None, now: float, retention: int) -> str:
     # A log from nothing gets a fresh epoch; one opened above END's epoch its successor.
     return {None: "bbbbbbbb", "aaaaaaaa": "aabbbbbb"}[above]
 

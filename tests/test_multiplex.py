@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 
+from gateway.settings import Settings
 from tests.eventstream import EventStreamParser, MessageEvent, read_session
 from tests.servers import FaultProxy, GatewayServer, publish
+from tests.tables import delete_items
 
 StartGateway = Callable[..., GatewayServer]
 
@@ -117,3 +119,33 @@ async def test_every_id_a_client_can_hold_resumes_every_event_it_has_not_receive
             channel: [i for c, i in sent if c == channel] for channel in ("a", "b")
         }
         assert by_channel == expected, (last_event_id, received, resumed)
+
+
+async def test_a_cursor_of_an_epoch_ttl_deleted_whole_never_passes_for_the_next_one(
+    gateway: StartGateway, http: httpx.AsyncClient, make_settings: Callable[..., Settings]
+) -> None:
+    # B's items expire; C opens above them; C expires and TTL deletes it whole,
+    # while B's expired items are still there (TTL deletes in any order, days
+    # late); D then opens above B's newest item again, at C's first seq.
+    now = [1_000_000.0]
+    server = gateway(clock=lambda: now[0], retention_seconds=600)
+    url = f"{server.url}/events?channel=a&channel=b"
+    for data in ("b1", "b2", "b3"):
+        await publish(http, server.url, "a", {"data": data})
+    now[0] += 601
+    c = [(await publish(http, server.url, "a", {"data": f"c{n}"}))[0] for n in (4, 5, 6)]
+    held = await read_session(http, f"{url}&rewind=3", stop=lambda e: len(e) == 3)
+    assert _envelopes(held.events) == [("a", id_) for id_ in c]
+    now[0] += 601
+    await delete_items(make_settings(), "a", [6, 4, 5])
+    d = [(await publish(http, server.url, "a", {"data": f"d{n}"}))[0] for n in (4, 5, 6, 7)]
+    assert [id_.split("-")[1] for id_ in d] == ["4", "5", "6", "7"]  # C's seqs again
+    resumed = await read_session(
+        http,
+        url,
+        last_event_id=held.events[-1].last_event_id,
+        stop=lambda e: ("a", d[-1]) in _envelopes(e),
+    )
+    # Main's D took the fingerprint after B's, which C had taken too: the cursor
+    # of C-6 resumed at D-6 and D-4..6 were skipped without a reset.
+    assert _envelopes(resumed.events) == [("a", id_) for id_ in d]

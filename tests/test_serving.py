@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -204,4 +205,43 @@ def test_a_pipelined_head_behind_an_open_stream_is_bounded_too(serve: Serve) -> 
                 # Returns once the server closes (a TimeoutError if it never did) ...
                 received = _read_until_closed(sock)
                 assert b'"status":"ok"' not in received  # ... and nothing was served
+        assert _healthy(port)
+
+
+def _read_until(sock: socket.socket, received: bytes, done: Callable[[bytes], bool]) -> bytes:
+    while not done(received):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received!r}"
+        received += chunk
+    return received
+
+
+def test_a_stream_whose_client_left_behind_a_pipelined_request_fails_no_publish(
+    serve: Serve,
+) -> None:
+    """uvicorn marks only a connection's newest request disconnected when it goes:
+    a stream with a request pipelined behind it never learns, and its connection's
+    transport (uvloop's) raises on a write once closed. That must end that stream
+    alone, never the publish whose events the feed was writing, nor the others'."""
+    stream = b"GET /channels/piped/events HTTP/1.1\r\nHost: x\r\n\r\n"
+    with serve(heartbeat_seconds=30, max_session_seconds=30) as (_, port):
+        publish_url = f"http://127.0.0.1:{port}/channels/piped/events"
+        with _connect(port) as watcher, _connect(port) as gone:
+            watcher.sendall(stream)
+            gone.sendall(stream + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            seen = [_read_until(s, b"", lambda r: b"\r\n\r\n" in r) for s in (watcher, gone)]
+            # Once both streams hold this first event, both are attached to the feed.
+            assert httpx.post(publish_url, json={"data": 0}).status_code == 201
+            seen = [
+                _read_until(s, r, lambda r: b"data:" in r)
+                for s, r in zip((watcher, gone), seen, strict=True)
+            ]
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            gone.close()  # a reset, which the server meets on its next write
+            for n in range(1, 6):
+                response = httpx.post(publish_url, json={"data": n})
+                assert response.status_code == 201, response.text
+            received = _read_until(watcher, seen[0], lambda r: r.count(b"data:") == 6)
+            data = [line for line in received.split(b"\n") if line.startswith(b"data:")]
+            assert data == [b"data: %d" % n for n in range(6)]
         assert _healthy(port)

@@ -594,6 +594,38 @@ async def test_a_rewound_session_that_ends_before_its_first_event_resumes_from_i
     assert [e.last_event_id for e in again.events] == ids[1:]
 
 
+async def test_a_rewind_whose_events_all_expired_resumes_as_a_session_at_the_head_would(
+    gateway: StartGateway, http: httpx.AsyncClient
+) -> None:
+    """Nothing the rewind reached for is retained: the client is told the head, not a
+    position before it, so a reconnect before its first event gets no history_expired."""
+    server = gateway(
+        **FAST_EXPIRY, poll_min_seconds=60, poll_max_seconds=60, max_session_seconds=30
+    )
+    url = f"{server.url}/channels/idle/events"
+
+    def delivered(events: list[MessageEvent]) -> bool:
+        return any(e.type == "message" for e in events)
+
+    old = await _channel_of(http, server.url, "idle", [1, 1, 1])
+    # A session follows the channel while its events are live, then sits idle past
+    # their retention: its feed knows that nothing came since.
+    following = asyncio.create_task(read_session(http, url, stop=delivered))
+    await asyncio.sleep(2.2)
+    cut = await read_session(http, url, params={"rewind": "2"}, stop=lambda events: True)
+    assert cut.events == []  # gone after the start's id
+    resumed = asyncio.create_task(
+        read_session(http, url, last_event_id=cut.last_event_id, stop=delivered)
+    )
+    await asyncio.sleep(0.3)
+    new = await publish(http, server.url, "idle", {"data": "after"})  # a new epoch above
+    sessions = await asyncio.wait_for(asyncio.gather(following, resumed), 10)
+    assert [[(e.type, e.last_event_id) for e in s.events] for s in sessions] == [
+        [("message", new[0])]
+    ] * 2
+    assert cut.last_event_id == old[-1]
+
+
 async def test_a_multi_channel_rewind_counts_back_per_channel_and_a_cursor_ignores_it(
     gateway: StartGateway, http: httpx.AsyncClient
 ) -> None:

@@ -411,17 +411,18 @@ async def test_a_writer_with_a_cached_end_after_the_table_was_replaced_starts_a_
     assert [int(item["seq"]["N"]) for item in await raw_items(settings, "c")] == [1]
 
 
-async def test_an_epoch_opened_above_an_older_one_takes_the_next_fingerprint(
-    open_log: OpenLog, make_settings: Callable[..., Settings]
+async def test_an_epoch_opened_above_an_older_one_is_fingerprinted_by_its_half_retention(
+    open_log: OpenLog,
 ) -> None:
     now = [1_000_000.0]
-    epochs = []
+    epochs, opened_at = [], []
     async with open_log(clock=lambda: now[0], retention_seconds=600) as log:
         for _ in range(3):
             (event,) = await _append(log, "c", "x")
             epochs.append(event.epoch)
+            opened_at.append(now[0])
             now[0] += 601  # expired: the next append opens an epoch above it
     # So a composite cursor's 12-bit fingerprint never confuses an older epoch of
-    # the chain with the current one (gateway/composite.py).
+    # the channel with the current one (gateway/composite.py, cursor.new_epoch).
     fingerprints = [int(epoch[:3], 16) for epoch in epochs]
-    assert fingerprints[1:] == [(f + 1) % 4096 for f in fingerprints[:-1]]
+    assert fingerprints[1:] == [int(at // 300) % 4096 for at in opened_at[1:]]
