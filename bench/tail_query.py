@@ -1,5 +1,6 @@
 """CPU per tail Query: the poll an idle channel's feed makes (``read_after`` its
-position, nothing new), before (``--baseline REF``) and after, on one moto server.
+position, nothing new), before (``--baseline REF ...``) and after, on one moto
+server; and the floor: the same POST made with aiohttp alone.
 
 Three measures of the same loop of sequential tail queries, each in a process
 of its own (the code under test on ``PYTHONPATH``):
@@ -11,7 +12,13 @@ of its own (the code under test on ``PYTHONPATH``):
 - where the user time goes: cProfile's own time per function, summed by the
   library the function belongs to (sockets and ``epoll`` apart: waiting).
 
-    .venv/bin/python -m bench.tail_query --baseline main   # bench/results/tail_query.json
+The floor (measured unless ``--no-floor``) is what no client on aiohttp can go
+below: one pre-signed Query POSTed again and again on a ``ClientSession`` made
+as aiobotocore makes the client's (its timeouts, connector and options), the
+body read and parsed as JSON; no signing, no retry policy, no hooks.
+
+    .venv/bin/python -m bench.tail_query --baseline d921a90 main --rounds 5 --output NAME
+    # bench/results/NAME.json (BENCHMARKS.md section 14)
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import cProfile
 import json
 import os
@@ -28,12 +36,15 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from bench.appends import revisions
-from bench.common import ROOT, moto_server, write_result
+from bench.common import ROOT, checkout, moto_server, write_result
 
 TABLE = "tail"
+FLOOR = "floor: aiohttp alone"
+_CONTENT_TYPE = "application/x-amz-json-1.0"
 # Path fragments naming where a function's code lives, most specific first.
 LIBRARIES = [
     ("gateway", "/gateway/"),
@@ -48,8 +59,30 @@ LIBRARIES = [
 _WAITING = ("<method 'poll' of 'select.epoll' objects>",)
 
 
+async def _measured(
+    poll: Callable[[], Awaitable[None]], count: int, profile: Path | None
+) -> dict[str, float]:
+    """``count`` polls after a warm-up: the kernel's count per poll (and a profile)."""
+    for _ in range(20):
+        await poll()
+    profiler = cProfile.Profile() if profile else None
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    if profiler:
+        profiler.enable()
+    for _ in range(count):
+        await poll()
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "user_us": round((after.ru_utime - before.ru_utime) / count * 1e6, 1),
+        "system_us": round((after.ru_stime - before.ru_stime) / count * 1e6, 1),
+    }
+
+
 async def _queries(url: str, channel: str, count: int, profile: Path | None) -> dict[str, float]:
-    """``count`` tail queries on ``channel`` (whose log ends at seq 1), after a warm-up."""
+    """``count`` tail queries on ``channel`` (whose log ends at seq 1)."""
     from gateway.dynamodb import open_dynamodb
     from gateway.settings import Settings
     from gateway.store import EventLog
@@ -58,27 +91,59 @@ async def _queries(url: str, channel: str, count: int, profile: Path | None) -> 
     settings = Settings(dynamodb_endpoint_url=url, table_name=TABLE)
     async with open_dynamodb(settings, local_session()) as client:
         log = EventLog.for_settings(client, settings)
-        for _ in range(20):
-            await log.read_after(channel, 1)
-        profiler = cProfile.Profile() if profile else None
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        if profiler:
-            profiler.enable()
-        for _ in range(count):
+
+        async def poll() -> None:
             page = await log.read_after(channel, 1)
             assert not page.events and page.scanned_to == 1, page
-        if profiler:
-            profiler.disable()
-            profiler.dump_stats(profile)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "user_us": round((after.ru_utime - before.ru_utime) / count * 1e6, 1),
-        "system_us": round((after.ru_stime - before.ru_stime) / count * 1e6, 1),
-    }
+
+        return await _measured(poll, count, profile)
+
+
+async def _floor(url: str, channel: str, count: int, profile: Path | None) -> dict[str, float]:
+    """``count`` POSTs of one tail query signed once, on aiohttp alone."""
+    import aiohttp
+    from aiobotocore._constants import DEFAULT_KEEPALIVE_TIMEOUT
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from gateway.settings import Settings
+
+    body = json.dumps(
+        {
+            "TableName": TABLE,
+            "KeyConditionExpression": "#c = :c AND #s > :s",
+            "ExpressionAttributeNames": {"#c": "channel", "#s": "seq"},
+            "ExpressionAttributeValues": {":c": {"S": channel}, ":s": {"N": "1"}},
+            "ConsistentRead": True,
+            "ScanIndexForward": True,
+            "Limit": 100,
+        }
+    ).encode()
+    headers = {"X-Amz-Target": "DynamoDB_20120810.Query", "Content-Type": _CONTENT_TYPE}
+    request = AWSRequest(method="POST", url=f"{url}/", headers=headers, data=body)
+    SigV4Auth(Credentials("local", "local"), "dynamodb", "us-east-1").add_auth(request)
+    signed = {**dict(request.headers.items()), "Accept-Encoding": "identity"}
+    seconds = Settings(table_name=TABLE).dynamodb_timeout_seconds  # the client's, as configured
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=10, ssl=False, keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT
+        ),
+        timeout=aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds),
+        skip_auto_headers={"CONTENT-TYPE"},
+        auto_decompress=False,
+    ) as session:
+
+        async def poll() -> None:
+            async with session.post(f"{url}/", data=body, headers=signed) as response:
+                answer = json.loads(await response.read())
+            assert response.status == 200 and answer["Items"] == [], answer
+
+        return await _measured(poll, count, profile)
 
 
 def _child(code: Path | None, *args: str, valgrind: Path | None = None) -> dict[str, float]:
-    command = [sys.executable, "-m", "bench.tail_query", "--child", *args]
+    command = [sys.executable, "-m", "bench.tail_query", *args]
     if valgrind:
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={valgrind}", *command]
     env = {**os.environ, "PYTHONPATH": f"{code}:{ROOT}" if code else str(ROOT)}
@@ -111,18 +176,38 @@ def by_library(stats_file: Path, queries: int) -> dict[str, float]:
     return {name: round(seconds / queries * 1e6, 1) for name, seconds in own.most_common()}
 
 
+@contextlib.contextmanager
+def versions(
+    baselines: list[str], floor: bool
+) -> Iterator[list[tuple[str, Path | None, list[str]]]]:
+    """(label, source, child options) of each measured version: the baselines'
+    checkouts, this tree, and the floor."""
+    with contextlib.ExitStack() as stack:
+        measured = [
+            (f"before ({ref})", stack.enter_context(checkout(ref)), []) for ref in baselines
+        ]
+        measured.append(("after" if baselines else "this tree", None, []))
+        if floor:
+            measured.append((FLOOR, None, ["--floor"]))
+        yield measured
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", metavar="REF")
+    parser.add_argument("--baseline", metavar="REF", nargs="*", default=[])
+    parser.add_argument("--no-floor", dest="with_floor", action="store_false")
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)  # the child's
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=500)
     parser.add_argument("--timed", type=int, default=3000, help="queries of each rusage run")
     parser.add_argument("--rounds", type=int, default=3, help="rusage runs of each version")
+    parser.add_argument("--output", default="tail_query", help="bench/results/OUTPUT.json")
     parser.add_argument("--child", nargs=4, metavar=("URL", "CHANNEL", "COUNT", "PROFILE"))
     args = parser.parse_args()
     if args.child:
         url, channel, count, profile = args.child
-        result = await _queries(url, channel, int(count), Path(profile) if profile else None)
+        run = _floor if args.floor else _queries
+        result = await run(url, channel, int(count), Path(profile) if profile else None)
         print(json.dumps(result))
         return
 
@@ -136,7 +221,7 @@ async def main() -> None:
     results: dict[str, object] = {"load_before": os.getloadavg()}
     with (
         moto_server() as moto,
-        revisions(args.baseline) as code,
+        versions(args.baseline, args.with_floor) as code,
         tempfile.TemporaryDirectory() as tmp,
     ):
         settings = Settings(dynamodb_endpoint_url=moto.url, table_name=TABLE)
@@ -144,14 +229,22 @@ async def main() -> None:
             await ensure_table(client, TABLE)
             channel = uuid.uuid4().hex
             await EventLog.for_settings(client, settings).append(channel, [NewEvent("x")])
-        for label, source in code:
+
+        def child(
+            source: Path | None, options: list[str], count: int, *rest: str, **kw: Any
+        ) -> Any:
+            return asyncio.to_thread(
+                _child, source, *options, "--child", moto.url, channel, str(count), *rest, **kw
+            )
+
+        for label, source, options in code:
             counts = []
             for n in (args.small, args.large):
                 out = Path(tmp) / f"callgrind.{len(counts)}"
-                await asyncio.to_thread(_child, source, moto.url, channel, str(n), "", valgrind=out)
+                await child(source, options, n, "", valgrind=out)
                 counts.append(_instructions(out))
             stats = Path(tmp) / "profile"
-            await asyncio.to_thread(_child, source, moto.url, channel, str(args.timed), str(stats))
+            await child(source, options, args.timed, str(stats))
             per_query = (counts[1] - counts[0]) / (args.large - args.small)
             results[label] = {
                 "instructions_per_query": round(per_query),
@@ -159,18 +252,16 @@ async def main() -> None:
                 "profile_us_per_query": by_library(stats, args.timed),
             }
             print(label, json.dumps(results[label]), flush=True)
-        # The kernel's count, the versions alternating so that both see the same load.
-        rounds: dict[str, list[dict[str, float]]] = {label: [] for label, _ in code}
+        # The kernel's count, the versions alternating so that all see the same load.
+        rounds: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in code}
         for _ in range(args.rounds):
-            for label, source in code:
-                timed = await asyncio.to_thread(
-                    _child, source, moto.url, channel, str(args.timed), ""
-                )
+            for label, source, options in code:
+                timed = await child(source, options, args.timed, "")
                 rounds[label].append(timed)
                 print(label, json.dumps(timed), flush=True)
         results["cpu_per_query_rounds"] = rounds
     results["load_after"] = os.getloadavg()
-    print(write_result("tail_query", results))
+    print(write_result(args.output, results))
 
 
 if __name__ == "__main__":

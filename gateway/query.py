@@ -7,15 +7,21 @@ process, so the cost of one Query is the gateway's idle cost. Through the
 client a Query runs botocore's whole per-call machinery: some twenty event
 hooks, parameter validation, the endpoint rule set, a user agent rebuilt from
 its parts, a request model copied into another, and a SigV4 signer that derives
-its key anew. Nearly all of it answers the same each time for this one
-operation on one endpoint, so here it is done once: the endpoint, region and
-user agent when the path is made, the signing key once a day. What remains per
-call is the JSON body, the signature, and the HTTP exchange.
+its key anew; then aiobotocore's ``AIOHTTPSession.send`` parses the URL for a
+proxy, reads the environment, copies the headers into a multidict, builds a
+yarl URL and, after the answer, a dict of its headers and a response object.
+Nearly all of it answers the same each time for this one operation on one
+endpoint, so here it is done once: the endpoint, its URL, proxy and user agent
+when the path is made, the signing key once a day. What remains per call is the
+JSON body, the ``before-call`` event, the signature (``gateway/sigv4.py``) and
+one ``request`` on aiohttp's session; botocore's response objects are built
+only for an answer other than a good 200.
 
 What stays botocore's and aiobotocore's own:
-- the connection pool and its timeouts, and the mapping of every transport
-  failure to botocore's exceptions: the request goes out through the client's
-  own ``AIOHTTPSession``;
+- the connection pool, its timeouts, TLS and proxy: the request goes out on the
+  client's own aiohttp ``ClientSession``, the one ``AIOHTTPSession`` holds;
+- the mapping of every transport failure to botocore's exceptions, as
+  ``AIOHTTPSession.send`` maps them (``_exchange``, in its order);
 - the credentials, refreshed as the client's are (the client's own object);
 - retries: aiobotocore's standard-mode policy (botocore's conditions, DynamoDB's
   CRC32 check of a 200 included, the exponential backoff with jitter, a retry
@@ -24,29 +30,28 @@ What stays botocore's and aiobotocore's own:
   raised as the client's own ``ClientError`` subclass, so ``store_errors``
   translates it as before.
 
-One difference, on purpose: a 200 that fails the CRC32 check on every attempt
+Differences, on purpose: a 200 that fails the CRC32 check on every attempt
 raises botocore's ``ChecksumError`` (an outage to ``store_errors``), where
 botocore returns the garbled body as parsed, which the log would read as a
-channel without items.
+channel without items; and ``BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER`` (an
+experimental botocore switch for proxies) is not read.
 
-SigV4 is the one piece written here (about twenty lines, AWS's published
-algorithm); ``tests/test_query.py`` proves the Authorization header equal to
-botocore's ``SigV4Auth`` for the same request, credentials and time. A 200's
-body is the JSON document botocore would return parsed: the log's items hold
-no binary attribute, the only kind botocore's parser would decode.
+A 200's body is the JSON document botocore would return parsed: the log's
+items hold no binary attribute, the only kind botocore's parser would decode.
 
-aiobotocore exposes neither its connection pool nor its credentials; they are
-read, once, from the client's ``_endpoint`` and ``_request_signer`` (nothing is
-patched), and every test that reads the log goes through them, so a release
-that moved them fails the suite at once.
+aiobotocore exposes neither its HTTP session nor its credentials; they are read
+from the client's ``_endpoint.http_session`` (its ``_get_session`` and
+``_proxy_config``) and ``_request_signer`` (nothing is patched), and every test
+that reads the log goes through them, so a release that moved them fails the
+suite at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import concurrent.futures
 import json
+import socket
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -54,94 +59,36 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import aiohttp
+from aiobotocore.awsrequest import AioAWSResponse
 from aiobotocore.retries.standard import AioRetryPolicy, AioStandardRetryConditions
-from botocore.auth import SIGNED_HEADERS_BLACKLIST
-from botocore.awsrequest import AWSPreparedRequest
-from botocore.exceptions import BotoCoreError, ChecksumError, NoCredentialsError
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.exceptions import (
+    BotoCoreError,
+    ChecksumError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
+from botocore.httpsession import mask_proxy_url
 from botocore.parsers import create_parser
 from botocore.retries.quota import RetryQuota
 from botocore.retries.standard import ExponentialBackoff, RetryContext, RetryQuotaChecker
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.sigv4 import Signer
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
-_SERVICE = "dynamodb"
 _TARGET = "DynamoDB_20120810.Query"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_UNSIGNED = frozenset(SIGNED_HEADERS_BLACKLIST) | {"authorization"}
-
-
-def host_of(url: str) -> str:
-    """The Host header botocore signs for ``url``: no userinfo, no default port."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return host
-
-
-class Signer:
-    """SigV4 for one service in one region, as botocore's ``SigV4Auth`` signs: every
-    header but the unsigned few, and the host; the key derived once a day."""
-
-    def __init__(self, region: str, url: str, service: str = _SERVICE) -> None:
-        self._region = region
-        self._service = service
-        self._host = host_of(url)
-        self._path = urlsplit(url).path or "/"
-        self._key: tuple[str, str, bytes] | None = None  # (date, secret, key)
-
-    def _signing_key(self, date: str, secret: str) -> bytes:
-        if self._key is None or self._key[:2] != (date, secret):
-            key = f"AWS4{secret}".encode()
-            for part in (date, self._region, self._service, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._key = (date, secret, key)
-        return self._key[2]
-
-    def sign(
-        self,
-        headers: dict[str, str],
-        body: bytes,
-        *,
-        access_key: str,
-        secret_key: str,
-        token: str | None,
-        now: float,
-    ) -> dict[str, str]:
-        """``headers`` of a POST of ``body``, with the date, token and signature."""
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        date = amz_date[:8]
-        sent = {**headers, "X-Amz-Date": amz_date}
-        if token:
-            sent["X-Amz-Security-Token"] = token
-        signed = {name.lower(): value for name, value in sent.items()}
-        signed = {n: v for n, v in signed.items() if n not in _UNSIGNED} | {"host": self._host}
-        names = sorted(signed)
-        canonical = "\n".join(
-            [
-                "POST",
-                self._path,
-                "",
-                "".join(f"{name}:{' '.join(signed[name].split())}\n" for name in names),
-                ";".join(names),
-                hashlib.sha256(body).hexdigest(),
-            ]
-        )
-        scope = f"{date}/{self._region}/{self._service}/aws4_request"
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{digest}"
-        signature = hmac.new(
-            self._signing_key(date, secret_key), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
-        sent["Authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={signature}"
-        )
-        return sent
 
 
 def _intact(content: bytes, headers: Mapping[str, str]) -> bool:
@@ -170,12 +117,16 @@ class LeanQuery:
         config: Any = meta.config  # the stubs know AioConfig's options, not its fields
         # As botocore joins the endpoint and the operation's path "/".
         parts = urlsplit(meta.endpoint_url)
-        self._url = parts._replace(path=parts.path or "/").geturl()
-        self._signer = Signer(meta.region_name, self._url)
+        self.url = parts._replace(path=parts.path or "/").geturl()
+        self._target = URL(self.url, encoded=True)  # as aiobotocore passes it to aiohttp
+        self._signer = Signer(meta.region_name, self.url, "dynamodb")
         self._clock = clock
         # Private to aiobotocore: its pool and its credentials (module docstring).
         self._http: Any = client._endpoint.http_session  # type: ignore[attr-defined]
         self._credentials: Any = client._request_signer._credentials  # type: ignore[attr-defined]
+        # The client's proxy for this endpoint, fixed when the client was made.
+        self._proxy: str | None = self._http._proxy_config.proxy_url_for(self.url)
+        self._proxy_headers = self._http._proxy_config.proxy_headers_for(self.url)
         self._operation = meta.service_model.operation_model("Query")
         self._output_shape: Any = self._operation.output_shape
         self._exceptions: Any = client.exceptions
@@ -186,6 +137,8 @@ class LeanQuery:
             retry_backoff=ExponentialBackoff(),
         )
         self._quota = RetryQuotaChecker(RetryQuota())
+        # The quota reads no more of a good answer than that it is a 2xx.
+        self._success = AWSResponse(self.url, 200, HTTPHeaders(), None)
         self._user_agent = (
             f"aiobotocore/{version('aiobotocore')} botocore/{version('botocore')} "
             f"sse-gateway/{version('sse-gateway')} md/lean-query"
@@ -204,7 +157,7 @@ class LeanQuery:
         await self._events.emit(
             "before-call.dynamodb.Query",
             model=self._operation,
-            params={"url": self._url, "headers": headers, "body": body, "context": request_context},
+            params={"url": self.url, "headers": headers, "body": body, "context": request_context},
             request_signer=None,
             context=request_context,
         )
@@ -213,20 +166,22 @@ class LeanQuery:
             attempt += 1
             http = parsed = caught = None
             try:
-                http = await self._http.send(await self.signed(headers, body))
-                content = await http.content
-                if http.status_code == 200 and _intact(content, http.headers):
+                response, content = await self._exchange(await self.signed(headers, body), body)
+                if response.status == 200 and _intact(content, response.headers):
                     answer: dict[str, Any] = json.loads(content)
-                    self._quota.release_retry_quota(request_context, http)  # type: ignore[arg-type]
+                    self._quota.release_retry_quota(request_context, self._success)  # type: ignore[arg-type]
                     return answer
-                else:
-                    # A 200 that fails DynamoDB's checksum (standard mode's one retry
-                    # of a 200) may not be JSON any more: botocore's parser reads it.
-                    parsed = self._parser.parse(
-                        {"status_code": http.status_code, "headers": http.headers, "body": content},
-                        self._output_shape,
-                    )
-            except BotoCoreError as exc:  # what the session maps transport failures to
+                # What follows is rare: the objects botocore's retry and parser read.
+                # As aiobotocore hands the headers on (botocore wants them lower case).
+                lowered = {k.decode().lower(): v.decode() for k, v in response.raw_headers}
+                http = AioAWSResponse(self.url, response.status, lowered, response)  # type: ignore[arg-type]
+                # A 200 that fails DynamoDB's checksum (standard mode's one retry of a
+                # 200) may not be JSON any more: botocore's parser reads it.
+                parsed = self._parser.parse(
+                    {"status_code": response.status, "headers": lowered, "body": content},
+                    self._output_shape,
+                )
+            except BotoCoreError as exc:  # what transport failures are mapped to
                 caught = exc
             context = RetryContext(
                 attempt_number=attempt,
@@ -248,14 +203,15 @@ class LeanQuery:
                 # (a reset, a replay); an outage is the truth, and what callers handle.
                 raise ChecksumError(
                     checksum_type="crc32",
-                    expected_checksum=http.headers.get("x-amz-crc32"),
+                    expected_checksum=str(http.headers.get("x-amz-crc32")),
                     actual_checksum=str(zlib.crc32(content) & 0xFFFFFFFF),
                 )
             code = parsed.get("Error", {}).get("Code")
             raise self._exceptions.from_code(code)(parsed, "Query")
 
-    async def signed(self, headers: dict[str, str], body: bytes) -> AWSPreparedRequest:
-        """One attempt's request: signed now, with the client's current credentials."""
+    async def signed(self, headers: dict[str, str], body: bytes) -> CIMultiDict[str]:
+        """One attempt's headers: signed now, with the client's current credentials,
+        and the two aiobotocore adds (the user agent here is ours)."""
         if self._credentials is None:
             raise NoCredentialsError()  # as botocore's signer does
         credentials = await self._credentials.get_frozen_credentials()
@@ -268,10 +224,47 @@ class LeanQuery:
             now=self._clock(),
         )
         signed["User-Agent"] = self._user_agent
-        return AWSPreparedRequest(
-            "POST",
-            self._url,
-            signed,  # type: ignore[arg-type]  # any mapping: the session copies it
-            body,
-            stream_output=False,
-        )
+        # https://github.com/boto/botocore/issues/1255, as aiobotocore sets it.
+        signed["Accept-Encoding"] = "identity"
+        return CIMultiDict(signed)
+
+    async def _exchange(
+        self, headers: CIMultiDict[str], body: bytes
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """One POST on the client's own aiohttp session, with its pool and timeouts;
+        an aiohttp failure raised as the botocore error aiobotocore raises for it."""
+        url = self.url
+        try:
+            session = await self._http._get_session(self._proxy)
+            response = await session.request(
+                "POST",
+                self._target,
+                headers=headers,
+                data=body,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+            )
+            return response, await response.read()
+        # aiobotocore's AIOHTTPSession.send maps them so, in this order.
+        except aiohttp.ClientSSLError as e:
+            raise SSLError(endpoint_url=url, error=e) from e
+        except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as e:
+            raise ProxyConnectionError(proxy_url=mask_proxy_url(self._proxy or ""), error=e) from e
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.http_exceptions.BadStatusLine,
+        ) as e:
+            raise ConnectionClosedError(error=e, endpoint_url=url) from e
+        except aiohttp.ServerTimeoutError as e:
+            if str(e).lower().startswith("connect"):
+                raise ConnectTimeoutError(endpoint_url=url, error=e) from e
+            raise ReadTimeoutError(endpoint_url=url, error=e) from e
+        except (aiohttp.ClientConnectionError, socket.gaierror) as e:
+            raise EndpointConnectionError(endpoint_url=url, error=e) from e
+        except TimeoutError as e:
+            raise ReadTimeoutError(endpoint_url=url, error=e) from e
+        except concurrent.futures.CancelledError:
+            raise
+        except Exception as e:
+            raise HTTPClientError(error=e) from e

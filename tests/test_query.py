@@ -3,8 +3,9 @@ signs it, answered, retried and failing as through the client.
 
 moto checks no signature, so the signature is proved here against botocore's
 own: the client's request for the same Query and credentials, recorded at its
-``before-send`` event; and botocore's ``SigV4Auth`` for endpoints moto cannot
-stand for (HTTPS on the default port, a path, IPv6).
+``before-send`` event (and in tests/test_sigv4.py against botocore's
+``SigV4Auth`` for endpoints moto cannot stand for). Transport failures are
+scripted with the FaultProxy and compared with what the client raises.
 """
 
 from __future__ import annotations
@@ -18,19 +19,18 @@ from typing import Any
 
 import aioboto3
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+from aiobotocore.config import AioConfig
+from botocore.exceptions import ClientError
 
 from gateway.dynamodb import open_dynamodb
 from gateway.errors import StoreMisconfigured, StoreUnavailable
 from gateway.items import NewEvent
-from gateway.query import LeanQuery, Signer, attempts_of, host_of
+from gateway.query import LeanQuery, attempts_of
 from gateway.settings import Settings
 from gateway.store import EventLog
 from infra.local import local_session
 from infra.table import ensure_table
-from tests.servers import FaultProxy, dynamodb_error
+from tests.servers import FaultProxy, dynamodb_error, free_port
 
 OpenLog = Callable[..., AbstractAsyncContextManager[EventLog]]
 _SIGNED_BY_BOTH = ("X-Amz-Target", "Content-Type", "X-Amz-Date", "Authorization")
@@ -79,67 +79,22 @@ async def test_the_request_and_its_signature_are_the_clients_for_the_same_query(
         (theirs,) = sent
         at = _epoch(_text(theirs.headers["X-Amz-Date"]))
         lean = LeanQuery(client, clock=lambda: at)
-        ours = await lean.signed(*lean.serialize(params))
+        headers, body = lean.serialize(params)
+        ours = await lean.signed(headers, body)
 
-    assert (ours.method, ours.url, ours.body) == (theirs.method, theirs.url, theirs.body)
+    assert (lean.url, body) == (theirs.url, theirs.body)
     for name in _SIGNED_BY_BOTH:
-        assert ours.headers[name] == _text(theirs.headers[name]), name
+        assert ours[name] == _text(theirs.headers[name]), name
     if token is None:
-        assert "X-Amz-Security-Token" not in ours.headers
+        assert "X-Amz-Security-Token" not in ours
     else:
-        assert ours.headers["X-Amz-Security-Token"] == _text(theirs.headers["X-Amz-Security-Token"])
-    assert "SignedHeaders=content-type;host;x-amz-date;" in ours.headers["Authorization"]
+        assert ours["X-Amz-Security-Token"] == _text(theirs.headers["X-Amz-Security-Token"])
+    assert "SignedHeaders=content-type;host;x-amz-date;" in ours["Authorization"]
+    # What aiobotocore's session adds to every request before aiohttp sends it.
+    assert ours["Accept-Encoding"] == "identity"
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://dynamodb.eu-west-3.amazonaws.com",
-        "https://dynamodb.eu-west-3.amazonaws.com:443",
-        "http://localhost:8000",
-        "https://proxy.internal:8443/dynamodb",
-        "http://[::1]:8000",
-    ],
-)
-@pytest.mark.parametrize("extra", [{}, {"X-Amzn-Trace-Id": "Root=1-abc;Sampled=1"}])
-def test_the_signature_is_botocores_sigv4_at_any_endpoint(url: str, extra: dict[str, str]) -> None:
-    credentials = Credentials("AKIDEXAMPLE", "secret/key+", "a  token  with  spaces")
-    headers = {"X-Amz-Target": "DynamoDB_20120810.Query", "Content-Type": "x", **extra}
-    body = b'{"TableName": "t\\u00e9"}'
-    theirs = AWSRequest(method="POST", url=url, headers=dict(headers), data=body)
-    SigV4Auth(credentials, "dynamodb", "eu-west-3").add_auth(theirs)
-    ours = Signer("eu-west-3", url).sign(
-        headers,
-        body,
-        access_key=credentials.access_key,
-        secret_key=credentials.secret_key,
-        token=credentials.token,
-        now=_epoch(theirs.context["timestamp"]),
-    )
-    assert ours["Authorization"] == theirs.headers["Authorization"]
-    assert ours["X-Amz-Date"] == theirs.headers["X-Amz-Date"]
-
-
-def test_the_signing_key_is_derived_again_on_a_new_day_or_secret() -> None:
-    signer = Signer("us-east-1", "http://localhost:8000/")
-    day = 86_400.0
-    signatures = set()
-    for secret, now in [("s", 10 * day), ("s", 10 * day + 5), ("s", 11 * day), ("t", 11 * day)]:
-        ours = signer.sign({}, b"{}", access_key="a", secret_key=secret, token=None, now=now)
-        theirs = AWSRequest(method="POST", url="http://localhost:8000/", data=b"{}")
-        theirs.headers["X-Amz-Date"] = theirs.context["timestamp"] = ours["X-Amz-Date"]
-        auth = SigV4Auth(Credentials("a", secret), "dynamodb", "us-east-1")
-        string_to_sign = auth.string_to_sign(theirs, auth.canonical_request(theirs))
-        assert ours["Authorization"].endswith(f"Signature={auth.signature(string_to_sign, theirs)}")
-        signatures.add(ours["Authorization"])
-    assert len(signatures) == 4
-
-
-def test_host_and_attempts_are_read_as_botocore_reads_them() -> None:
-    assert host_of("https://dynamodb.us-east-1.amazonaws.com:443/") == (
-        "dynamodb.us-east-1.amazonaws.com"
-    )
-    assert host_of("http://user:pw@Example.com:8000") == "example.com:8000"
+def test_attempts_are_read_as_botocore_reads_them() -> None:
     assert [attempts_of(None), attempts_of({"max_attempts": 4})] == [3, 5]
     assert attempts_of({"mode": "standard", "total_max_attempts": 2}) == 2
 
@@ -286,3 +241,68 @@ async def test_answers_that_fail_dynamodbs_checksum_on_every_attempt_are_an_outa
         with pytest.raises(StoreUnavailable, match="crc32"):
             await log.read_after("c", 0)
         assert [e.data for e in (await log.read_after("c", 0)).events] == ["1"]
+
+
+_FAULTS = {
+    # What the proxy does to the next Query, and what both paths must raise for it.
+    "nothing listens": ("", "EndpointConnectionError"),
+    "answer lost": ("drop", "ConnectionClosedError"),
+    "not HTTP": (b"garbage\r\n\r\n", "HTTPClientError"),
+    "body cut short": (_answer(EMPTY_ANSWER, crc32=0)[:-5], "ConnectionClosedError"),
+    "never answered": ("stall", "ReadTimeoutError"),
+}
+
+
+@pytest.mark.parametrize("fault", list(_FAULTS))
+async def test_a_transport_failure_is_the_botocore_error_the_client_raises(
+    make_settings: Callable[..., Settings], fault_proxy: FaultProxy, fault: str
+) -> None:
+    how, expected = _FAULTS[fault]
+    url = f"http://127.0.0.1:{free_port()}" if how == "" else fault_proxy.url
+    settings = make_settings(
+        dynamodb_endpoint_url=url, dynamodb_max_attempts=1, dynamodb_timeout_seconds=0.5
+    )
+    params = _query(settings.table_name, "c", 0)
+    raised: dict[str, Exception] = {}
+    async with open_dynamodb(settings, local_session()) as client:
+        for path, call in [
+            ("client", lambda: client.query(**params)),
+            ("lean", lambda: LeanQuery(client).query(params)),
+        ]:
+            if how == "stall":
+                fault_proxy.stall = True
+            elif how == "drop":
+                fault_proxy.drop_response_once("query")
+            elif isinstance(how, bytes):
+                fault_proxy.fail("query", how)
+            with pytest.raises(Exception) as caught:
+                await call()
+            raised[path] = caught.value
+    assert type(raised["client"]).__name__ == expected
+    assert type(raised["lean"]) is type(raised["client"])
+    assert str(raised["lean"]) == str(raised["client"])
+
+
+async def test_queries_go_through_the_clients_proxy(
+    make_settings: Callable[..., Settings], fault_proxy: FaultProxy
+) -> None:
+    # An HTTP proxy receives the request in absolute form; the FaultProxy counts it
+    # and passes it on as it came, which moto refuses (it is no proxy): the same
+    # answer, on the same way, for the client and the lean path.
+    settings = make_settings(dynamodb_max_attempts=1)
+    params = _query(settings.table_name, "c", 0)
+    config = AioConfig(proxies={"http": fault_proxy.url}, retries={"total_max_attempts": 1})
+    raised = []
+    for path in ("client", "lean"):  # a client each: the proxy closes every connection
+        async with local_session().client(
+            "dynamodb", endpoint_url=settings.dynamodb_endpoint_url, config=config
+        ) as client:
+            with pytest.raises(ClientError) as caught:
+                if path == "client":
+                    await client.query(**params)
+                else:
+                    await LeanQuery(client).query(params)
+            raised.append(caught.value)
+    assert fault_proxy.seen.count("query") == 2
+    assert [str(e) for e in raised] == [str(raised[0])] * 2
+    assert "Absolute URI" in str(raised[0])
