@@ -50,7 +50,10 @@ WRITE_CHUNK = "sse_gateway.write_chunk"
 """An ASGI scope extension: ``{"write": write}``, where ``write(chunk)`` writes a
 response body's next chunk, framed as HTTP/1.1 chunked transfer coding frames it,
 straight to the connection and returns True, if the server's ``send`` would write
-the same bytes now without waiting; else it writes nothing and returns False."""
+the same bytes now without waiting; else it writes nothing and returns False.
+Its writes go around every wrapper of ``send``: it suits an app whose middleware
+leaves a stream's body as it is (the gateway's CORS adds headers only), and a
+middleware that changes bodies (gzip) must not wrap the stream while it is offered."""
 
 
 def chunked(body: bytes) -> bytes:
