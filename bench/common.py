@@ -344,6 +344,15 @@ class Subscriber:
             self._writer.close()
 
 
+async def hang_up(subscribers: Sequence[Subscriber], tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Close every subscriber's connection and wait until their tasks have ended."""
+    for subscriber in subscribers:
+        subscriber.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Poster:
     """One keep-alive HTTP/1.1 connection that POSTs JSON, on a raw socket: a load
     generator far lighter than httpx, so a publish rate measures the server."""

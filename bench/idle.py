@@ -18,6 +18,7 @@ from bench.common import (
     Target,
     cpu_seconds,
     gateway,
+    hang_up,
     moto_server,
     nchan,
     raise_fd_limit,
@@ -62,11 +63,7 @@ async def hold(target: Target, steps: list[int], settle: float) -> list[dict[str
             }
         )
         print(json.dumps(rows[-1]))
-    for subscriber in subscribers:
-        subscriber.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await hang_up(subscribers, tasks)
     return rows
 
 

@@ -44,6 +44,7 @@ from bench.common import (
     free_port,
     gateway,
     gateway_publish,
+    hang_up,
     moto_server,
     nchan,
     percentile,
@@ -132,11 +133,7 @@ async def measure(
         per_delivery = (cpu_seconds(target.pids) - cpu_before["server"]) / max(1, len(latencies))
     finally:
         gc.enable()
-        for subscriber in subscribers:
-            subscriber.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await hang_up(subscribers, tasks)
     ms = [1000 * x for x in latencies]
     return {
         "subscribers_per_channel": per_channel,

@@ -43,6 +43,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     gateway,
+    hang_up,
     moto_server,
     percentile,
     raise_fd_limit,
@@ -120,11 +121,7 @@ async def idle(target: Target, channels: int, seconds: float) -> dict[str, objec
         elapsed = time.monotonic() - started
         made = await queries(client, target) - before
         cpu = cpu_seconds(target.pids) - cpu_before
-    for subscriber in subscribers:
-        subscriber.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await hang_up(subscribers, tasks)
     return {
         "channels": channels,
         "seconds": round(elapsed, 1),

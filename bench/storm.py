@@ -38,6 +38,7 @@ from bench.common import (
     Target,
     checkout,
     gateway,
+    hang_up,
     moto_server,
     nchan,
     raise_fd_limit,
@@ -97,11 +98,7 @@ async def storm(target: Target, n: int, settle: float) -> dict[str, object]:
     deadline = time.monotonic() + 30
     while received[0] < n and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    for subscriber in subscribers:
-        subscriber.close()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await hang_up(subscribers, tasks)
     return {
         "connections": n,
         "failed": sum(not s.connected.is_set() for s in subscribers),
@@ -190,11 +187,7 @@ async def traced(dynamodb: str, n: int, settle: float, output: Path) -> None:
             text = "\n".join(lines) + "\n"
             output.with_name(f"{output.stem}-{group}.txt").write_text(text)
             print(text)
-        for subscriber in subscribers:
-            subscriber.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await hang_up(subscribers, tasks)
 
 
 async def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -22,6 +23,18 @@ from tests.servers import (
 StartGateway = Callable[..., GatewayServer]
 StartProcess = Callable[..., GatewayProcess]
 BIG = "x" * 65_000  # with its JSON quotes, a 64 KiB event
+
+
+def _unpolled(gateway: StartGateway, fault_proxy: FaultProxy, **overrides: Any) -> GatewayServer:
+    """A server on the store through ``fault_proxy`` whose feeds poll 60 s apart: within
+    a test they read the log as they start and when woken, and learn of publishes
+    by hand-over only."""
+    return gateway(
+        dynamodb_endpoint_url=fault_proxy.url,
+        poll_min_seconds=60,
+        poll_max_seconds=60,
+        **overrides,
+    )
 
 
 async def test_the_feed_buffer_is_bounded_in_bytes_and_readers_behind_it_lose_nothing(
@@ -103,12 +116,7 @@ async def test_an_in_process_publish_is_handed_to_the_feed_without_a_query(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
     # Polls 60 s apart: only the hand-over can deliver within the session.
-    server = gateway(
-        poll_min_seconds=60,
-        poll_max_seconds=60,
-        max_session_seconds=3,
-        dynamodb_endpoint_url=fault_proxy.url,
-    )
+    server = _unpolled(gateway, fault_proxy, max_session_seconds=3)
     url = f"{server.url}/channels/handed/events"
     await publish(http, server.url, "handed", {"data": "warms the writer's cached end"})
     reading = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 3))
@@ -126,13 +134,7 @@ async def test_fresh_connections_join_a_running_feed_without_a_query_each(
 ) -> None:
     # Counted where an operator sees them: DynamoDB's requests at the proxy, the
     # feeds and sessions in /metrics.
-    server = gateway(
-        poll_min_seconds=60,
-        poll_max_seconds=60,
-        max_session_seconds=3,
-        metrics=True,
-        dynamodb_endpoint_url=fault_proxy.url,
-    )
+    server = _unpolled(gateway, fault_proxy, max_session_seconds=3, metrics=True)
     url = f"{server.url}/channels/crowd/events"
     await publish(http, server.url, "crowd", {"data": 0})
     first = asyncio.create_task(read_session(http, url, stop=lambda events: len(events) == 1))
@@ -180,12 +182,7 @@ async def test_a_head_read_before_a_handed_over_publish_is_no_restart(
 async def test_a_session_resuming_within_the_running_feed_joins_it_without_a_query(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
-    server = gateway(
-        dynamodb_endpoint_url=fault_proxy.url,
-        poll_min_seconds=60,  # no polls: the feed learns of publishes by hand-over only
-        poll_max_seconds=60,
-        max_session_seconds=30,
-    )
+    server = _unpolled(gateway, fault_proxy, max_session_seconds=30)
     url = f"{server.url}/channels/resumed/events"
     (first,) = await publish(http, server.url, "resumed", {"data": "a"})
     following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 2))
@@ -209,10 +206,10 @@ async def test_a_session_resuming_within_the_running_feed_joins_it_without_a_que
 async def test_a_session_resuming_at_an_expired_feed_position_follows_it_into_a_new_epoch(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
-    server = gateway(
-        dynamodb_endpoint_url=fault_proxy.url,
-        poll_min_seconds=60,  # the feed polls only when woken
-        poll_max_seconds=60,
+    # The feed polls only when woken.
+    server = _unpolled(
+        gateway,
+        fault_proxy,
         max_session_seconds=30,
         retention_seconds=3,  # the channel's item expires within the test
         dynamodb_max_attempts=1,
@@ -266,13 +263,8 @@ def _head_queries(proxy: FaultProxy) -> int:
 async def test_a_connect_storm_on_a_cold_channel_costs_one_head_query(
     gateway: StartGateway, fault_proxy: FaultProxy
 ) -> None:
-    server = gateway(
-        dynamodb_endpoint_url=fault_proxy.url,
-        poll_min_seconds=60,  # the feed reads once as it starts, then only when woken
-        poll_max_seconds=60,
-        max_session_seconds=30,
-        metrics=True,
-    )
+    # The feed reads once as it starts, then only when woken.
+    server = _unpolled(gateway, fault_proxy, max_session_seconds=30, metrics=True)
     url = f"{server.url}/channels/cold/events"
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as http:
         (old,) = await publish(http, server.url, "cold", {"data": "before the storm"})
@@ -379,12 +371,7 @@ async def test_sessions_that_leave_while_waiting_for_the_head_leave_nothing_behi
 async def test_a_rewind_starts_from_the_running_feed_its_buffer_or_the_log_behind_it(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
-    server = gateway(
-        dynamodb_endpoint_url=fault_proxy.url,
-        poll_min_seconds=60,  # no polls: the feed learns of publishes by hand-over only
-        poll_max_seconds=60,
-        max_session_seconds=30,
-    )
+    server = _unpolled(gateway, fault_proxy, max_session_seconds=30)
     url = f"{server.url}/channels/rewound/events"
     ids = [(await publish(http, server.url, "rewound", {"data": n}))[0] for n in range(3)]
     following = asyncio.create_task(read_session(http, url, stop=lambda e: len(e) == 3))
@@ -406,12 +393,8 @@ async def test_a_rewind_starts_from_the_running_feed_its_buffer_or_the_log_behin
 async def test_a_head_answer_read_before_the_feeds_first_event_does_not_restart_it(
     gateway: StartGateway, http: httpx.AsyncClient, fault_proxy: FaultProxy
 ) -> None:
-    server = gateway(
-        dynamodb_endpoint_url=fault_proxy.url,
-        poll_min_seconds=60,  # the feed looks at the head once, as it starts
-        poll_max_seconds=60,
-        max_session_seconds=30,
-    )
+    # The feed looks at the head once, as it starts.
+    server = _unpolled(gateway, fault_proxy, max_session_seconds=30)
     url = f"{server.url}/channels/first/events"
     # The first session finds the channel empty and starts its feed, whose first look
     # at the head stays out: the feed is not joinable yet.
@@ -445,12 +428,12 @@ async def test_a_hung_head_query_holds_the_sessions_behind_it_one_attempt_timeou
 ) -> None:
     # The store does not answer the first head query; the attempt's read timeout
     # gives it up and botocore asks again, and every waiter takes that answer.
-    server = gateway(
-        dynamodb_endpoint_url=fault_proxy.url,
+    # No head check of the feed's own within the test.
+    server = _unpolled(
+        gateway,
+        fault_proxy,
         dynamodb_timeout_seconds=1,
         dynamodb_max_attempts=2,
-        poll_min_seconds=60,  # no head check of the feed's own within the test
-        poll_max_seconds=60,
         max_session_seconds=20,  # far longer than the attempt's timeout
         metrics=True,
     )
