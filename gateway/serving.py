@@ -26,6 +26,7 @@ streams, and the chunk it frames once goes to each connection as uvicorn's
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -119,17 +120,24 @@ class _Bounds:
 
 
 class _ChunkWriter:
-    """``WRITE_CHUNK`` for one request of uvicorn's httptools protocol (``write``)."""
+    """``WRITE_CHUNK`` for one request of uvicorn's httptools protocol (``write``).
+
+    It holds its request cycle weakly: the cycle's scope holds the writer, and a
+    strong reference back would make every finished request (its transport, flow
+    control, events and buffers with it) garbage that only a full collection frees,
+    a pause that grew with the sessions that had left (BENCHMARKS.md section 16)."""
 
     __slots__ = ("_cycle", "_flow", "_transport")
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
         self._flow = cycle.flow
         self._transport = cycle.transport
 
     def write(self, chunk: bytes) -> bool:
-        cycle = self._cycle
+        cycle = self._cycle()
+        if cycle is None:
+            return False
         # When uvicorn's send would write a body chunk as is, at once: its response
         # started chunked (not HEAD), is not complete, the client is there and the
         # transport takes data (else the send waits for it to drain). uvicorn marks

@@ -17,7 +17,9 @@ in front of moto's app: moto's own copies every table it touches.
 from __future__ import annotations
 
 import argparse
+import gc
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -91,6 +93,43 @@ def embedded_dynamodb(
         yield url
 
 
+def keep_collections_short(url: str) -> None:
+    """Keep this process's full garbage collections as short as its new objects
+    allow, for an embedded DynamoDB in a process of its own (not the tests', which
+    shares the test process).
+
+    moto keeps every item as Python objects (about fifty per event), so each full
+    collection walked moto's modules and backends (about 110k objects) and every
+    item stored so far: 60-130 ms into a benchmark, while every request waited,
+    stalls of whichever server was being measured then (BENCHMARKS.md section
+    16). So moto's DynamoDB backend is loaded (one ListTables) and the heap
+    frozen, and after each full collection what survived it is frozen too: the
+    next walks only what is newer. The price is that what survived a full
+    collection and later becomes cyclic garbage is never freed; moto's items are
+    freed by their reference counts when deleted."""
+    request = urllib.request.Request(
+        url,
+        data=b"{}",
+        headers={
+            "X-Amz-Target": "DynamoDB_20120810.ListTables",
+            "Content-Type": "application/x-amz-json-1.0",
+            # moto reads the region from the credential scope; it checks no signature.
+            "Authorization": "AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/"
+            "dynamodb/aws4_request, SignedHeaders=host, Signature=0",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(_freeze_survivors)
+
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="The embedded DynamoDB, until interrupted.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -98,6 +137,7 @@ def main() -> None:
     parser.add_argument("--serialized", action="store_true", help="one request at a time")
     args = parser.parse_args()
     with embedded_dynamodb(args.host, args.port, serialized=args.serialized) as url:
+        keep_collections_short(url)
         print(f"DynamoDB (moto) at {url}", flush=True)
         threading.Event().wait()
 

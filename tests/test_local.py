@@ -1,4 +1,5 @@
-"""The embedded DynamoDB's transactions (infra/transactions.py) against moto's own.
+"""The embedded DynamoDB: its transactions (infra/transactions.py) against moto's own,
+and the garbage collector of its process.
 
 Each case runs on two real servers through a real botocore client: the
 embedded DynamoDB, whose transactions go through the layer, and moto's app
@@ -7,6 +8,9 @@ served bare, whose transactions are moto's own. Answers and tables must match.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -445,3 +449,41 @@ def test_requests_per_transaction_do_not_grow_with_the_table(
     assert requests[0] == ["DescribeTable", "PutItem", "UpdateItem", "PutItem"]
     assert requests[1:] == [["PutItem", "UpdateItem", "PutItem"]] * 3
     assert len(contents(layered, table)) == seq + len(requests)  # each with its record
+
+
+# Run in a process of its own, as ``python -m infra.local`` runs: what the
+# collector walks there, after the store's items and requests.
+COLLECTIONS_SCRIPT = """
+import gc, json, sys, boto3
+from infra.local import embedded_dynamodb, keep_collections_short
+with embedded_dynamodb() as url:
+    keep_collections_short(url)
+    loaded = gc.get_freeze_count()
+    walked_at_start = len(gc.get_objects())
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="local", aws_secret_access_key="local")
+    client.create_table(TableName="t", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                        BillingMode="PAY_PER_REQUEST")
+    for n in range(300):
+        client.put_item(TableName="t", Item={"k": {"S": str(n)}, "v": {"S": "x" * n}})
+    stored = len(gc.get_objects())
+    gc.collect()
+    print(json.dumps({"loaded": loaded, "walked_at_start": walked_at_start, "stored": stored,
+                      "walked_after_full": len(gc.get_objects()),
+                      "items": client.scan(TableName="t", Select="COUNT")["Count"]}))
+"""
+
+
+def test_the_embedded_dynamodb_process_freezes_what_survives_a_full_collection() -> None:
+    """moto keeps every item as Python objects: without freezing, each full
+    collection walked its modules, backends and every item stored so far."""
+    run = subprocess.run(
+        [sys.executable, "-c", COLLECTIONS_SCRIPT], capture_output=True, text=True, check=True
+    )
+    counts = json.loads(run.stdout)
+    assert counts["loaded"] > 50_000  # moto's modules and the loaded DynamoDB backend
+    assert counts["walked_at_start"] < 1_000
+    assert counts["stored"] > 1_000  # the items, the client, what the requests left
+    assert counts["walked_after_full"] < 100  # what survived is frozen too
+    assert counts["items"] == 300  # and nothing stored was lost with it
