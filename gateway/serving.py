@@ -10,7 +10,11 @@ network error, whereas uvicorn's ``limit_concurrency`` answers ``503``, which
 stops an EventSource for good. A connection in a request has no timeout here:
 an idle SSE stream is a request in progress, and a publish body has its own
 deadline in the app (``SSE_GATEWAY_BODY_TIMEOUT_SECONDS``); only what a GET
-sends after its head (a pipelined request) is bounded like a head.
+sends after its head (a pipelined request) is bounded like a head. The rest of a
+body answered before it ended (a ``413`` on its declared length) is no head: the
+parser drops it and the connection serves on, if it ends within the header
+timeout. (Closing at once would reset a connection its client is still sending
+on, and a reset can drop the answer before the client reads it.)
 
 uvicorn bounds neither a request head under httptools (it accepted 32 MB) nor
 the wait for a first request (its keep-alive timeout starts only after a
@@ -29,6 +33,7 @@ import asyncio
 import weakref
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -73,7 +78,8 @@ class _Bounds:
         if not self._in_request():
             if self._head_timer is None:  # the next request of a kept-alive connection
                 self._await_head()
-            self._head_bytes += len(data)
+            if not self._answered_body_arriving():
+                self._head_bytes += len(data)
         elif cycle.scope["method"] == "GET":
             # A GET here has no body: what arrives during one (an open stream) is a
             # pipelined request, whose head httptools would gather without bound.
@@ -91,6 +97,11 @@ class _Bounds:
     def _in_request(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
+    def _answered_body_arriving(self) -> bool:
+        """The rest of a request's body still arrives after its answer (a 413 sent on
+        its declared length): read and dropped by the parser, no head."""
+        raise NotImplementedError
+
     def _await_head(self) -> None:
         self._head_bytes = 0
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
@@ -107,7 +118,7 @@ class _Bounds:
         if self._head_bytes:
             self._refuse(408)
         else:
-            self.transport.close()  # a silent connection: there is no one to answer
+            self.transport.close()  # silent, or still sending an answered body
 
     def _refuse(self, status: int) -> None:
         self._stop_head_timer()
@@ -157,7 +168,17 @@ class _ChunkWriter:
 
 
 class BoundedHttpTools(_Bounds, HttpToolsProtocol):
+    _message_complete = True
+
+    def _answered_body_arriving(self) -> bool:
+        return not self._message_complete
+
+    def on_message_complete(self) -> None:
+        self._message_complete = True
+        super().on_message_complete()
+
     def on_headers_complete(self) -> None:
+        self._message_complete = False
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a request for the app (not an upgrade)
@@ -166,7 +187,8 @@ class BoundedHttpTools(_Bounds, HttpToolsProtocol):
 
 
 class BoundedH11(_Bounds, H11Protocol):
-    pass
+    def _answered_body_arriving(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY
 
 
 def protocol_for(http: str, settings: Settings) -> type[asyncio.Protocol]:

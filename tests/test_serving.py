@@ -283,3 +283,21 @@ async def test_finished_requests_leave_no_garbage_for_the_collector(
         gc.enable()
     assert not server.hub.feeds
     assert not left & {"RequestResponseCycle", "_ChunkWriter", "FlowControl", "TCPTransport"}
+
+
+def test_the_rest_of_a_body_answered_early_is_dropped_and_the_connection_serves_on(
+    serve: Serve,
+) -> None:
+    """A publish declaring a body over the limit is answered 413 before its body
+    arrives. What the client sends after that answer is the rest of that body, no
+    head too large (a 431 a client would read as its next request's answer); a
+    reset while it still sends could lose the 413 itself."""
+    body = b'{"data": "' + b"x" * 70_000 + b'"}'
+    head = b"POST /channels/early/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    with serve(max_request_bytes=10_000) as (_, port), _connect(port) as sock:
+        sock.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body[:1000])
+        answered = _read_until(sock, b"", lambda r: b"payload_too_large" in r)
+        assert answered.startswith(b"HTTP/1.1 413 ")
+        sock.sendall(body[1000:] + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        after = _read_until(sock, answered, lambda r: r.count(b"HTTP/1.1") == 2)
+        assert after[len(answered) :].startswith(b"HTTP/1.1 200 "), after
