@@ -17,9 +17,9 @@ in front of moto's app: moto's own copies every table it touches.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import threading
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -107,22 +107,15 @@ def keep_collections_short(url: str) -> None:
     next walks only what is newer. The price is that what survived a full
     collection and later becomes cyclic garbage is never freed; moto's items are
     freed by their reference counts when deleted."""
-    request = urllib.request.Request(
-        url,
-        data=b"{}",
-        headers={
-            "X-Amz-Target": "DynamoDB_20120810.ListTables",
-            "Content-Type": "application/x-amz-json-1.0",
-            # moto reads the region from the credential scope; it checks no signature.
-            "Authorization": "AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/"
-            "dynamodb/aws4_request, SignedHeaders=host, Signature=0",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        answer.read()
+    asyncio.run(_list_tables(url))
     gc.collect()
     gc.freeze()
     gc.callbacks.append(_freeze_survivors)
+
+
+async def _list_tables(url: str) -> None:
+    async with local_session().client("dynamodb", endpoint_url=url) as client:
+        await client.list_tables()
 
 
 def _freeze_survivors(phase: str, info: dict[str, int]) -> None:

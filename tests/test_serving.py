@@ -294,10 +294,14 @@ def test_the_rest_of_a_body_answered_early_is_dropped_and_the_connection_serves_
     reset while it still sends could lose the 413 itself."""
     body = b'{"data": "' + b"x" * 70_000 + b'"}'
     head = b"POST /channels/early/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-    with serve(max_request_bytes=10_000) as (_, port), _connect(port) as sock:
+    bounds = {"max_request_bytes": 10_000, "max_header_bytes": 1024}
+    with serve(**bounds) as (_, port), _connect(port) as sock:
         sock.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body[:1000])
         answered = _read_until(sock, b"", lambda r: b"payload_too_large" in r)
         assert answered.startswith(b"HTTP/1.1 413 ")
-        sock.sendall(body[1000:] + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        for start in range(1000, len(body), 4096):  # each write well over a head's bound
+            sock.sendall(body[start : start + 4096])
+            time.sleep(0.01)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         after = _read_until(sock, answered, lambda r: r.count(b"HTTP/1.1") == 2)
         assert after[len(answered) :].startswith(b"HTTP/1.1 200 "), after
