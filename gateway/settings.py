@@ -211,8 +211,12 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         20.0, gt=0, le=300, description="the time a publish has to send its whole body; beyond: 408"
     )
+    # Longer than a client pool's idle expiry (httpx: 5 s) and a load balancer's idle
+    # timeout (ALB: 60 s): the side that closes an idle connection should be the one
+    # that would reuse it. A server closing it can meet a request in flight, which
+    # then fails with a reset that the client cannot safely retry (a POST).
     keep_alive_seconds: int = Field(
-        5, ge=1, le=300, description="on serve, an idle keep-alive connection closes after this"
+        75, ge=1, le=300, description="on serve, an idle keep-alive connection closes after this"
     )
     max_connections: int = Field(
         10_000,

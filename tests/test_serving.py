@@ -155,6 +155,20 @@ def test_a_trickled_publish_body_gets_408_at_the_body_timeout(serve: Serve) -> N
         assert b"connection: close" in answer.lower()
 
 
+def test_an_idle_kept_alive_connection_outlives_a_client_pools_expiry(serve: Serve) -> None:
+    """By default the client ends an idle connection, not the server: httpx drops one
+    idle for 5 s, and a server that closed it then (uvicorn's default) could meet the
+    next POST in flight, a reset the client cannot retry (seen as a flaky ReadError)."""
+    idle = httpx.Limits().keepalive_expiry
+    assert idle is not None
+    with serve() as (_, port), _connect(port) as sock:
+        for pause in (0, idle + 0.5):
+            time.sleep(pause)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_until(sock, b"", lambda received: received.endswith(b"}"))
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
 def test_an_idle_event_stream_outlives_the_header_timeout(serve: Serve) -> None:
     with serve(header_timeout_seconds=0.5, heartbeat_seconds=0.5) as (_, port):
         with _connect(port) as sock:
