@@ -8,8 +8,9 @@ that ``moto_server`` uses: werkzeug answers every request with ``Connection:
 close``, so each DynamoDB call paid a new TCP connection and a new server
 thread, which DynamoDB itself (keep-alive over TLS) does not make a client
 pay. With connections kept alive a call costs about a third less
-(BENCHMARKS.md §1). TransactWriteItems is served by ``infra.transactions``
-in front of moto's app: moto's own copies every table it touches.
+(BENCHMARKS.md §1). In front of moto's app, ``infra.transactions`` serves
+TransactWriteItems (moto's own copies every table it touches) and
+``infra.queries`` the gateway's Queries (moto's own sorts the whole table).
 
     python -m infra.local --port 8000   # the embedded DynamoDB on its own
 """
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import aioboto3
 
+from infra.queries import PartitionQueries
 from infra.transactions import TransactionLayer
 
 if TYPE_CHECKING:
@@ -80,7 +82,8 @@ def embedded_dynamodb(
     """Run moto's server for the duration of the block; yields its endpoint URL.
 
     Transactions go through ``infra.transactions`` (atomic, and as fast on a
-    full table as on an empty one). Other requests are moto's: served on
+    full table as on an empty one), Queries of a partition through
+    ``infra.queries`` (as fast beside a full table as alone). Other requests are moto's: served on
     threads with no lock around an operation, so two conditional puts racing
     from different processes can both succeed. ``serialized`` serves one
     request at a time instead, which makes every operation atomic, as
@@ -88,7 +91,7 @@ def embedded_dynamodb(
     process the gateway serializes a channel's appends itself, so
     ``sse-gateway dev`` does not need it.)
     """
-    app = TransactionLayer(moto_app(), items=moto_app("dynamodb"))
+    app = TransactionLayer(PartitionQueries(moto_app()), items=moto_app("dynamodb"))
     with serve_wsgi(app, host, port, threads=1 if serialized else 8) as url:
         yield url
 

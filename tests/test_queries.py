@@ -1,0 +1,221 @@
+"""The embedded DynamoDB's partition Queries (infra/queries.py) against moto's own.
+
+Two real servers in this process share moto's state: one with the layer in front
+of moto's app, one with moto's app bare. The same Query through a real botocore
+client must get the same answer from both, and the layer must have answered it
+itself (else the comparison would prove nothing).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.items import NewEvent
+from gateway.store import EventLog
+from infra.local import moto_app, serve_wsgi
+from infra.queries import PartitionQueries
+from infra.table import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, PARTITION_KEY, SORT_KEY
+from infra.transactions import TransactionLayer
+from tests.test_local import client
+
+COMPARISONS = [None, "=", "<", "<=", ">", ">="]
+
+
+@pytest.fixture(scope="module")
+def layer() -> PartitionQueries:
+    return PartitionQueries(moto_app())
+
+
+@pytest.fixture(scope="module")
+def layered_url(layer: PartitionQueries) -> Iterator[str]:
+    """As infra.local.embedded_dynamodb composes it."""
+    with serve_wsgi(TransactionLayer(layer, items=moto_app("dynamodb"))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def layered(layered_url: str) -> Any:
+    return client(layered_url)
+
+
+@pytest.fixture(scope="module")
+def bare() -> Iterator[Any]:
+    with serve_wsgi(moto_app()) as url:
+        yield client(url)
+
+
+@pytest.fixture(scope="module")
+def table(bare: Any) -> str:
+    """The gateway's table, with partitions the queries do not name beside theirs."""
+    name = f"events-{uuid.uuid4().hex[:12]}"
+    bare.create_table(
+        TableName=name,
+        KeySchema=KEY_SCHEMA,
+        AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for n in range(300):
+        bare.put_item(
+            TableName=name, Item={PARTITION_KEY: {"S": f"other-{n % 7}"}, SORT_KEY: {"N": str(n)}}
+        )
+    return name
+
+
+def query(
+    table: str, channel: str, comparison: str | None, bound: int, **fields: Any
+) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "#c = :c",
+        "ExpressionAttributeNames": {"#c": PARTITION_KEY},
+        "ExpressionAttributeValues": {":c": {"S": channel}},
+        **fields,
+    }
+    if comparison is not None:
+        request["KeyConditionExpression"] += f" AND #s {comparison} :s"
+        request["ExpressionAttributeNames"]["#s"] = SORT_KEY
+        request["ExpressionAttributeValues"][":s"] = {"N": str(bound)}
+    return request
+
+
+def answers(ddb: Any, request: dict[str, Any]) -> dict[str, Any]:
+    response = dict(ddb.query(**request))
+    del response["ResponseMetadata"]
+    return response
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seqs=st.sets(st.integers(0, 40), max_size=25),
+    comparison=st.sampled_from(COMPARISONS),
+    bound=st.integers(-1, 41),
+    bound_is_a_seq=st.booleans(),
+    forward=st.booleans(),
+    limit=st.none() | st.integers(1, 30),
+    consistent=st.booleans(),
+)
+def test_partition_queries_answer_as_motos_own(
+    layer: PartitionQueries,
+    layered: Any,
+    bare: Any,
+    table: str,
+    seqs: set[int],
+    comparison: str | None,
+    bound: int,
+    bound_is_a_seq: bool,
+    forward: bool,
+    limit: int | None,
+    consistent: bool,
+) -> None:
+    channel = f"c-{uuid.uuid4().hex[:8]}"
+    for seq in seqs:  # moto keeps a partition in the order its items came: shuffled here
+        item = {PARTITION_KEY: {"S": channel}, SORT_KEY: {"N": str(seq)}, "data": {"S": "x" * seq}}
+        bare.put_item(TableName=table, Item=item)
+    if bound_is_a_seq and seqs:  # where a bisection off by one would show
+        bound = sorted(seqs)[bound % len(seqs)]
+    fields: dict[str, Any] = {"ScanIndexForward": forward, "ConsistentRead": consistent}
+    if limit is not None:
+        fields["Limit"] = limit
+    request = query(table, channel, comparison, bound, **fields)
+    before = layer.answered
+    assert answers(layered, request) == answers(bare, request)
+    assert layer.answered == before + 1
+
+
+def test_a_page_stops_at_a_megabyte_as_motos_does(
+    layer: PartitionQueries, layered: Any, bare: Any, table: str
+) -> None:
+    channel = f"big-{uuid.uuid4().hex[:8]}"
+    for seq in range(6):
+        item = {
+            PARTITION_KEY: {"S": channel},
+            SORT_KEY: {"N": str(seq)},
+            "data": {"S": "x" * 300_000},
+        }
+        bare.put_item(TableName=table, Item=item)
+    for comparison, bound, forward in [(None, 0, True), (">", 1, True), ("<=", 4, False)]:
+        request = query(table, channel, comparison, bound, ScanIndexForward=forward)
+        before = layer.answered
+        answered = answers(layered, request)
+        assert answered == answers(bare, request)
+        assert answered["Count"] == 3 and "LastEvaluatedKey" in answered
+        assert layer.answered == before + 1
+
+
+def test_values_of_every_type_come_back_as_moto_encodes_them(
+    layer: PartitionQueries, layered: Any, bare: Any, table: str
+) -> None:
+    channel = f"types-{uuid.uuid4().hex[:8]}"
+    item = {
+        PARTITION_KEY: {"S": channel},
+        SORT_KEY: {"N": "1"},
+        "b": {"B": b"\x00\xff"},
+        "m": {
+            "M": {"l": {"L": [{"N": "1.5"}, {"BOOL": True}, {"NULL": True}]}, "ss": {"SS": ["a"]}}
+        },
+        "bs": {"BS": [b"\x01"]},
+    }
+    bare.put_item(TableName=table, Item=item)
+    request = query(table, channel, None, 0)
+    before = layer.answered
+    answered = answers(layered, request)
+    assert answered == answers(bare, request)
+    assert answered["Items"] == [item]
+    assert layer.answered == before + 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"IndexName": "by-type"},
+        {"FilterExpression": "attribute_exists(#c)"},
+        {"ProjectionExpression": "#c"},
+        {"Select": "COUNT"},
+        {"ExclusiveStartKey": {PARTITION_KEY: {"S": "a"}, SORT_KEY: {"N": "1"}}},
+        {"KeyConditionExpression": "#c = :c AND #c > :c"},
+        {"ExpressionAttributeNames": {"#c": "data"}},  # not the partition key
+        {"ExpressionAttributeValues": {":c": {"N": "1"}}},  # not its type
+        {"ExpressionAttributeValues": {":c": {"S": "a"}, ":unused": {"S": "b"}}},
+        {"TableName": "no-such-table"},
+    ],
+)
+def test_queries_of_any_other_shape_get_motos_own_answer(
+    layer: PartitionQueries, layered: Any, bare: Any, table: str, change: dict[str, Any]
+) -> None:
+    request = {**query(table, "other-1", None, 0), **change}
+    before = layer.answered
+    outcomes = []
+    for ddb in (layered, bare):
+        try:
+            outcomes.append(answers(ddb, request))
+        except ddb.exceptions.ClientError as exc:
+            outcomes.append(exc.response["Error"])
+    assert outcomes[0] == outcomes[1]
+    assert layer.answered == before
+
+
+async def test_every_query_the_event_log_makes_is_answered_by_the_layer(
+    layer: PartitionQueries,
+    layered_url: str,
+    open_log: Callable[..., AbstractAsyncContextManager[EventLog]],
+) -> None:
+    async with open_log(dynamodb_endpoint_url=layered_url) as log:
+        for n in range(5):
+            await log.append("c", [NewEvent(data=str(n)), NewEvent(data=str(-n))])
+        queries, before = log.stats.queries, layer.answered
+        page = await log.read_after("c", 3, aligned=False)  # inside a batch: two queries
+        assert [event.seq for event in page.events] == list(range(4, 11))
+        assert await log.last_batch("c") is not None
+        history = await log.history("c", None, 4)
+        assert [event.seq for event in history.events] == [7, 8, 9, 10]
+    assert log.stats.queries - queries == 4
+    assert layer.answered - before == 4
