@@ -83,13 +83,13 @@ def embedded_dynamodb(
 
     Transactions go through ``infra.transactions`` (atomic, and as fast on a
     full table as on an empty one), Queries of a partition through
-    ``infra.queries`` (as fast beside a full table as alone). Other requests are moto's: served on
-    threads with no lock around an operation, so two conditional puts racing
-    from different processes can both succeed. ``serialized`` serves one
-    request at a time instead, which makes every operation atomic, as
-    DynamoDB's are: for tests that race writers across processes. (Within one
-    process the gateway serializes a channel's appends itself, so
-    ``sse-gateway dev`` does not need it.)
+    ``infra.queries`` (as fast beside a full table as alone). Other requests
+    are moto's: served on threads with no lock around an operation, so two
+    conditional puts racing from different processes can both succeed.
+    ``serialized`` serves one request at a time instead, which makes every
+    operation atomic, as DynamoDB's are: for tests that race writers across
+    processes. (Within one process the gateway serializes a channel's appends
+    itself, so ``sse-gateway dev`` does not need it.)
     """
     app = TransactionLayer(PartitionQueries(moto_app()), items=moto_app("dynamodb"))
     with serve_wsgi(app, host, port, threads=1 if serialized else 8) as url:
