@@ -7,6 +7,7 @@ remote in production), so the load generator never shares their GIL.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -161,6 +162,27 @@ class Target:
     pids: list[int]
     subscribe_path: Callable[[str], str]
     publish: Callable[[httpx.AsyncClient, str, dict[str, object]], object]
+
+
+def main_beside_baseline(
+    name: str,
+    description: str,
+    run: Callable[[Path, int], Awaitable[dict[str, object]]],
+    count: tuple[str, int, str],
+) -> None:
+    """The command line of a benchmark of this tree beside git revision ``--baseline``:
+    ``run(baseline checkout, count)``, its result written as ``name`` with the load
+    average before and after. ``count`` is the option's (flag, default, help)."""
+    flag, default, count_help = count
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--baseline", required=True, help="git revision before the change")
+    parser.add_argument(flag, type=int, default=default, help=count_help)
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    with checkout(args.baseline) as baseline:
+        result = asyncio.run(run(baseline, getattr(args, flag.lstrip("-"))))
+    load = {"load_average_before": load_before, "load_average_after": os.getloadavg()}
+    print(write_result(name, {"baseline": args.baseline, **load, **result}))
 
 
 @contextlib.contextmanager

@@ -14,16 +14,14 @@ times, alternating between the two servers poll by poll.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import json
-import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, checkout, write_result
+from bench.common import ROOT, main_beside_baseline
 from bench.transactions import TABLE, embedded, fill
 from gateway.dynamodb import open_dynamodb
 from gateway.items import NewEvent
@@ -35,7 +33,7 @@ from infra.table import ensure_table
 SIZES = (0, 2000, 8000, 16000)
 
 
-async def run(baseline: Any, polls: int) -> dict[str, Any]:
+async def run(baseline: Path, polls: int) -> dict[str, Any]:
     with embedded(baseline) as before_url, embedded(ROOT) as after_url:
         async with contextlib.AsyncExitStack() as stack:
             logs = {}
@@ -71,15 +69,8 @@ async def run(baseline: Any, polls: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, help="git revision before the change")
-    parser.add_argument("--polls", type=int, default=50, help="polls per size and server")
-    args = parser.parse_args()
-    load_before = os.getloadavg()
-    with checkout(args.baseline) as baseline:
-        result = asyncio.run(run(baseline, args.polls))
-    load = {"load_average_before": load_before, "load_average_after": os.getloadavg()}
-    print(write_result("partition-query", {"baseline": args.baseline, **load, **result}))
+    count = ("--polls", 50, "polls per size and server")
+    main_beside_baseline("partition-query", __doc__.splitlines()[0], run, count)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,8 @@ channel's first, alternating between the two servers append by append.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, checkout, free_port, running, wait_http, write_result
+from bench.common import ROOT, free_port, main_beside_baseline, running, wait_http
 from gateway.dynamodb import open_dynamodb
 from gateway.items import NewEvent
 from gateway.settings import Settings
@@ -102,15 +99,8 @@ async def run(baseline: Path, appends: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, help="git revision before the change")
-    parser.add_argument("--appends", type=int, default=20, help="appends per size and server")
-    args = parser.parse_args()
-    load_before = os.getloadavg()
-    with checkout(args.baseline) as baseline:
-        result = asyncio.run(run(baseline, args.appends))
-    load = {"load_average_before": load_before, "load_average_after": os.getloadavg()}
-    print(write_result("transactions", {"baseline": args.baseline, **load, **result}))
+    count = ("--appends", 20, "appends per size and server")
+    main_beside_baseline("transactions", __doc__.splitlines()[0], run, count)
 
 
 if __name__ == "__main__":

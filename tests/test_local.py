@@ -81,21 +81,22 @@ def bare() -> Iterator[Any]:
         yield client(url)
 
 
+def create_table(ddb: Any) -> str:
+    """A fresh table of the gateway's schema on a server (all servers in this process
+    share moto's state)."""
+    name = f"events-{uuid.uuid4().hex[:12]}"
+    ddb.create_table(
+        TableName=name,
+        KeySchema=KEY_SCHEMA,
+        AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return name
+
+
 @pytest.fixture
 def new_table() -> Callable[[Any], str]:
-    """A fresh table on a server (all servers in this process share moto's state)."""
-
-    def create(ddb: Any) -> str:
-        name = f"events-{uuid.uuid4().hex[:12]}"
-        ddb.create_table(
-            TableName=name,
-            KeySchema=KEY_SCHEMA,
-            AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
-            BillingMode="PAY_PER_REQUEST",
-        )
-        return name
-
-    return create
+    return create_table
 
 
 def batch(seq: int, wid: str, channel: str = "c") -> dict[str, Any]:

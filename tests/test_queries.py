@@ -21,9 +21,9 @@ from gateway.items import NewEvent
 from gateway.store import EventLog
 from infra.local import moto_app, serve_wsgi
 from infra.queries import PartitionQueries
-from infra.table import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, PARTITION_KEY, SORT_KEY
+from infra.table import PARTITION_KEY, SORT_KEY
 from infra.transactions import TransactionLayer
-from tests.test_local import client
+from tests.test_local import client, create_table
 
 COMPARISONS = [None, "=", "<", "<=", ">", ">="]
 
@@ -54,13 +54,7 @@ def bare() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def table(bare: Any) -> str:
     """The gateway's table, with partitions the queries do not name beside theirs."""
-    name = f"events-{uuid.uuid4().hex[:12]}"
-    bare.create_table(
-        TableName=name,
-        KeySchema=KEY_SCHEMA,
-        AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
-        BillingMode="PAY_PER_REQUEST",
-    )
+    name = create_table(bare)
     for n in range(300):
         bare.put_item(
             TableName=name, Item={PARTITION_KEY: {"S": f"other-{n % 7}"}, SORT_KEY: {"N": str(n)}}
