@@ -24,8 +24,8 @@ condition's range in that order are skipped by bisection: with nothing taken
 yet, moto's loop takes none of them and cannot stop at one (``Limit`` is at
 least 1, an item at most 400 KB). Whatever this layer does not read as such a
 Query (an index, a filter, a projection, a start key, a missing table, names
-that are not the keys, a moto account header) goes on to moto, which answers
-it or its error.
+that are not the keys, a binary key, a table without a sort key, a moto
+account header) goes on to moto, which answers it or its error.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ ANSWERED_FIELDS = frozenset(
     ]
 )
 RESULT_SIZE_LIMIT = 1_000_000  # moto's (DynamoDB's 1 MB)
+# Tables keyed by these types only (with a sort key): moto keeps a binary key as
+# bytes, which a value as sent (base64 text) neither finds nor compares with.
+KEY_TYPES = frozenset(["S", "N"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,7 @@ def run_query(table: Any, query: PartitionQuery) -> dict[str, Any] | None:
     from moto.dynamodb.models.utilities import dynamo_json_dump
 
     if (
-        table.range_key_attr is None
+        not {table.hash_key_type, table.range_key_type} <= KEY_TYPES
         or query.partition_name != table.hash_key_attr
         or [table.hash_key_type] != list(query.partition_value)
     ):

@@ -197,6 +197,59 @@ def test_queries_of_any_other_shape_get_motos_own_answer(
     assert layer.answered == before
 
 
+KEY_VALUES = {"S": ["a", "b", "c"], "N": ["1", "2", "10"], "B": [b"\x00", b"\x02", b"\x01\xff"]}
+
+
+@pytest.mark.parametrize("types", ["SN", "NN", "SS", "NS", "BN", "SB", "BB", "S", "N"])
+def test_tables_of_other_key_types_are_answered_as_moto_answers(
+    layer: PartitionQueries, layered: Any, bare: Any, types: str
+) -> None:
+    """String and number keys are the layer's to answer; a binary key (moto keeps
+    it as bytes) and a table without a sort key are moto's."""
+    keys = [("h", "HASH", types[0])] + ([("r", "RANGE", types[1])] if len(types) == 2 else [])
+    name = f"keys-{uuid.uuid4().hex[:12]}"
+    bare.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": key, "KeyType": kind} for key, kind, _ in keys],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": t} for key, _, t in keys],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    partition = {types[0]: KEY_VALUES[types[0]][1]}
+    for n, value in enumerate(KEY_VALUES[types[-1]]):
+        item = {"h": partition, "v": {"N": str(n)}}
+        if len(types) == 2:
+            item["r"] = {types[1]: value}
+        bare.put_item(TableName=name, Item=item)
+    requests = [
+        {
+            "TableName": name,
+            "KeyConditionExpression": "#h = :h",
+            "ExpressionAttributeNames": {"#h": "h"},
+            "ExpressionAttributeValues": {":h": partition},
+        }
+    ]
+    if len(types) == 2:
+        requests.append(
+            {
+                "TableName": name,
+                "KeyConditionExpression": "#h = :h AND #r > :r",
+                "ExpressionAttributeNames": {"#h": "h", "#r": "r"},
+                "ExpressionAttributeValues": {
+                    ":h": partition,
+                    ":r": {types[1]: KEY_VALUES[types[1]][0]},
+                },
+            }
+        )
+    ours = len(types) == 2 and "B" not in types
+    counts = [3, 2] if len(types) == 2 else [1]  # without a sort key, one item per key
+    for request, count in zip(requests, counts, strict=True):
+        before = layer.answered
+        answered = answers(layered, request)
+        assert answered == answers(bare, request)
+        assert answered["Count"] == count
+        assert layer.answered == before + ours
+
+
 async def test_every_query_the_event_log_makes_is_answered_by_the_layer(
     layer: PartitionQueries,
     layered_url: str,
