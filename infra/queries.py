@@ -35,6 +35,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from infra.transactions import CREDENTIAL, TARGET, answer
@@ -89,8 +90,8 @@ def parse_query(request: dict[str, Any]) -> PartitionQuery | None:
     partition, partition_value, sort, comparison, bound = match.groups()
     if set(names) != {partition, sort} - {None} or set(values) != {partition_value, bound} - {None}:
         return None  # unused or missing placeholders: moto answers its error
-    if not all(isinstance(value, dict) and len(value) == 1 for value in values.values()):
-        return None
+    if not all(_is_key_value(value) for value in values.values()):
+        return None  # moto answers its error (an empty key, a number that is none)
     forward = request.get("ScanIndexForward", True)
     limit = request.get("Limit")
     consistent = request.get("ConsistentRead", False)
@@ -108,6 +109,19 @@ def parse_query(request: dict[str, Any]) -> PartitionQuery | None:
         forward,
         limit,
     )
+
+
+def _is_key_value(value: object) -> bool:
+    """A valid string or number key value, as sent."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return False
+    ((kind, text),) = value.items()
+    if kind == "S":
+        return isinstance(text, str) and text != ""
+    try:
+        return kind == "N" and isinstance(text, str) and Decimal(text).is_finite()
+    except InvalidOperation:
+        return False
 
 
 def first_candidate(keys: list[Any], comparison: str | None, bound: Any, forward: bool) -> int:

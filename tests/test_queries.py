@@ -179,6 +179,12 @@ def test_values_of_every_type_come_back_as_moto_encodes_them(
         {"ExpressionAttributeNames": {"#c": "data"}},  # not the partition key
         {"ExpressionAttributeValues": {":c": {"N": "1"}}},  # not its type
         {"ExpressionAttributeValues": {":c": {"S": "a"}, ":unused": {"S": "b"}}},
+        {"ExpressionAttributeValues": {":c": {"S": ""}}},  # no key is empty
+        {
+            "KeyConditionExpression": "#c = :c AND #s > :s",
+            "ExpressionAttributeNames": {"#c": PARTITION_KEY, "#s": SORT_KEY},
+            "ExpressionAttributeValues": {":c": {"S": "other-1"}, ":s": {"N": "abc"}},
+        },
         {"TableName": "no-such-table"},
     ],
 )
