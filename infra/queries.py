@@ -10,7 +10,9 @@ table, whatever the partition (``Table.all_items``, moto 5.2.5). A Query of a
 one-item partition took 2.5 ms on an empty table and 105 ms beside 16,000 other
 items (BENCHMARKS.md section 16), so a dev server, a test run or a benchmark
 slowed down as its table grew, and every other request waited meanwhile on
-moto's interpreter. DynamoDB's Query does not grow with the table.
+moto's interpreter. DynamoDB's Query does not grow with the table. Through
+this layer a tail poll beside 16,000 items takes 6.4 ms instead of 250
+(section 17).
 
 Mechanism: the shapes answered here are the ones the gateway sends: a
 partition key equality, optionally with one sort key comparison (``=``, ``<``,
@@ -24,8 +26,9 @@ condition's range in that order are skipped by bisection: with nothing taken
 yet, moto's loop takes none of them and cannot stop at one (``Limit`` is at
 least 1, an item at most 400 KB). Whatever this layer does not read as such a
 Query (an index, a filter, a projection, a start key, a missing table, names
-that are not the keys, a binary key, a table without a sort key, a moto
-account header) goes on to moto, which answers it or its error.
+that are not the keys, a key value moto rejects, a binary key, a table
+without a sort key, a moto account header) goes on to moto, which answers it
+or its error.
 """
 
 from __future__ import annotations
