@@ -47,9 +47,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-KEY_CONDITION = re.compile(
-    r"\s*(#\w+)\s*=\s*(:\w+)\s*(?:(?i:and)\s+(#\w+)\s*(<=|>=|=|<|>)\s*(:\w+)\s*)?"
-)
+# Spaces only, and around AND: moto's tokenizer knows no other whitespace.
+KEY_CONDITION = re.compile(r" *(#\w+) *= *(:\w+)(?: +(?i:and) +(#\w+) *(<=|>=|=|<|>) *(:\w+))? *")
 ANSWERED_FIELDS = frozenset(
     [
         "TableName",

@@ -128,20 +128,28 @@ def test_partition_queries_answer_as_motos_own(
 def test_a_page_stops_at_a_megabyte_as_motos_does(
     layer: PartitionQueries, layered: Any, bare: Any, table: str
 ) -> None:
-    channel = f"big-{uuid.uuid4().hex[:8]}"
-    for seq in range(6):
-        item = {
-            PARTITION_KEY: {"S": channel},
-            SORT_KEY: {"N": str(seq)},
-            "data": {"S": "x" * 300_000},
-        }
-        bare.put_item(TableName=table, Item=item)
-    for comparison, bound, forward in [(None, 0, True), (">", 1, True), ("<=", 4, False)]:
-        request = query(table, channel, comparison, bound, ScanIndexForward=forward)
+    """Four items of 250,000 bytes as moto counts them (names and values) fill a page
+    of 1,000,000 exactly; one byte more in the fourth ends the page before it."""
+    for extra, count in [(0, 4), (1, 3)]:
+        channel = f"big-{uuid.uuid4().hex[:8]}"
+        for seq in range(6):
+            fill = 250_000 - len(PARTITION_KEY + channel + SORT_KEY + "data") - 1
+            item = {
+                PARTITION_KEY: {"S": channel},
+                SORT_KEY: {"N": str(seq)},
+                "data": {"S": "x" * (fill + (extra if seq == 3 else 0))},
+            }
+            bare.put_item(TableName=table, Item=item)
+        request = query(table, channel, None, 0)
         before = layer.answered
         answered = answers(layered, request)
         assert answered == answers(bare, request)
-        assert answered["Count"] == 3 and "LastEvaluatedKey" in answered
+        assert answered["Count"] == count and "LastEvaluatedKey" in answered
+        assert layer.answered == before + 1
+    for comparison, bound, forward in [(">", 1, True), ("<=", 4, False)]:
+        request = query(table, channel, comparison, bound, ScanIndexForward=forward)
+        before = layer.answered
+        assert answers(layered, request) == answers(bare, request)
         assert layer.answered == before + 1
 
 
@@ -180,6 +188,13 @@ def test_values_of_every_type_come_back_as_moto_encodes_them(
         {"ExpressionAttributeValues": {":c": {"N": "1"}}},  # not its type
         {"ExpressionAttributeValues": {":c": {"S": "a"}, ":unused": {"S": "b"}}},
         {"ExpressionAttributeValues": {":c": {"S": ""}}},  # no key is empty
+        {"ExpressionAttributeNames": {"#c": PARTITION_KEY, "#unused": "data"}},
+        {"KeyConditionExpression": "#c\t=\t:c"},  # moto's tokenizer: spaces only
+        {
+            "KeyConditionExpression": "#c = :c\nAND #s > :s",
+            "ExpressionAttributeNames": {"#c": PARTITION_KEY, "#s": SORT_KEY},
+            "ExpressionAttributeValues": {":c": {"S": "other-1"}, ":s": {"N": "3"}},
+        },
         {
             "KeyConditionExpression": "#c = :c AND #s > :s",
             "ExpressionAttributeNames": {"#c": PARTITION_KEY, "#s": SORT_KEY},
@@ -272,3 +287,19 @@ async def test_every_query_the_event_log_makes_is_answered_by_the_layer(
         assert [event.seq for event in history.events] == [7, 8, 9, 10]
     assert log.stats.queries - queries == 4
     assert layer.answered - before == 4
+
+
+def test_a_query_for_another_moto_account_is_motos(
+    layer: PartitionQueries, layered_url: str, table: str
+) -> None:
+    """moto's account header names another account, which has no such table."""
+    ddb = client(layered_url)
+
+    def other_account(request: Any, **_: Any) -> None:
+        request.headers["x-moto-account-id"] = "111111111111"
+
+    ddb.meta.events.register("before-sign.dynamodb.Query", other_account)
+    before = layer.answered
+    with pytest.raises(ddb.exceptions.ResourceNotFoundException):
+        ddb.query(**query(table, "other-1", None, 0))
+    assert layer.answered == before
